@@ -1,0 +1,1 @@
+"""Graph assembly, the batch runner and its command-line tools."""

@@ -1,0 +1,110 @@
+"""Assemble Refed's LangGraph: one thread per reference, a subgraph per new instruction.
+
+    START → reference_analysis → feedback_distillation → synthesis ─Send─► candidate
+    candidate:  respond → self_critique → metric_judge ─(under the bar, rounds left)─┐
+                              ▲                        └────────► finalize → END     │
+                              └──────────────────────────────────────────────────────┘
+
+In ``sample`` and ``none`` modes the thread starts at synthesis; in ``none`` mode
+respond goes straight to the judge. Any node that fails sets ``error`` and the
+thread (or candidate) goes to its end, so one failure never cancels siblings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Send
+
+from nodes.feedback_distillation import feedback_distillation
+from nodes.finalize import finalize
+from nodes.metric_judge import metric_judge, wants_revision
+from nodes.reference_analysis import reference_analysis
+from nodes.respond import respond
+from nodes.self_critique import self_critique
+from nodes.synthesis import synthesis
+from state.context import RefedContext
+from state.graph_state import CandidateInput, CandidateOutput, CandidateState, ReferenceState
+
+
+def _start(state: ReferenceState, runtime: Runtime[RefedContext]) -> str:
+    return "reference_analysis" if runtime.context.feedback_mode == "reference" else "synthesis"
+
+
+def _ok_or_end(next_node: str) -> Any:
+    def route(state: ReferenceState) -> str:
+        return END if state.error else next_node
+
+    route.__name__ = f"to_{next_node}"
+    return route
+
+
+def _fan_out(state: ReferenceState) -> list[Send] | str:
+    if state.error or not state.instructions:
+        return END
+    return [
+        Send(
+            "candidate",
+            CandidateInput(reference=state.reference, feedback=state.feedback, instruction=inst),
+        )
+        for inst in state.instructions
+    ]
+
+
+def _after_respond(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
+    if state.error:
+        return "finalize"
+    return "metric_judge" if runtime.context.feedback_mode == "none" else "self_critique"
+
+
+def _after_critique(state: CandidateState) -> str:
+    return "finalize" if state.error else "metric_judge"
+
+
+def _after_judge(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
+    if state.error:
+        return "finalize"
+    return "self_critique" if wants_revision(state, runtime.context) else "finalize"
+
+
+def build_candidate_graph() -> StateGraph:
+    g = StateGraph(
+        CandidateState,
+        context_schema=RefedContext,
+        input_schema=CandidateInput,
+        output_schema=CandidateOutput,
+    )
+    g.add_node("respond", respond)
+    g.add_node("self_critique", self_critique)
+    g.add_node("metric_judge", metric_judge)
+    g.add_node("finalize", finalize)
+    g.add_edge(START, "respond")
+    g.add_conditional_edges("respond", _after_respond, ["self_critique", "metric_judge", "finalize"])
+    g.add_conditional_edges("self_critique", _after_critique, ["metric_judge", "finalize"])
+    g.add_conditional_edges("metric_judge", _after_judge, ["self_critique", "finalize"])
+    g.add_edge("finalize", END)
+    return g
+
+
+def build_graph() -> StateGraph:
+    """The reference-thread graph, uncompiled (compile with or without a checkpointer)."""
+    g = StateGraph(ReferenceState, context_schema=RefedContext)
+    g.add_node("reference_analysis", reference_analysis)
+    g.add_node("feedback_distillation", feedback_distillation)
+    g.add_node("synthesis", synthesis)
+    g.add_node("candidate", build_candidate_graph().compile())
+    g.add_conditional_edges(START, _start, ["reference_analysis", "synthesis"])
+    g.add_conditional_edges(
+        "reference_analysis", _ok_or_end("feedback_distillation"), ["feedback_distillation", END]
+    )
+    g.add_conditional_edges("feedback_distillation", _ok_or_end("synthesis"), ["synthesis", END])
+    g.add_conditional_edges("synthesis", _fan_out, ["candidate", END])
+    g.add_edge("candidate", END)
+    return g
+
+
+def compile_graph(checkpointer: Any = None) -> CompiledStateGraph:
+    return build_graph().compile(checkpointer=checkpointer, name="refed")

@@ -1,0 +1,340 @@
+"""``python -m graph.run``: synthesize a dataset from seed files, resumably.
+
+One LangGraph thread per reference (``thread_id = run_id:reference_id``), a bounded
+pool of references in flight, and append-only ledgers in the run folder. Rerunning
+the same command on the same ``--out`` resumes: finished references are skipped,
+half-done ones continue from their last checkpoint, and samples are written once
+(by id), whatever moment the previous process died at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from langgraph.graph.state import CompiledStateGraph
+
+import prompts
+from graph.builder import compile_graph
+from graph.checkpoint import sqlite_saver
+from graph.logs import add_secret, configure_logging, redact
+from graph.progress import Progress
+from graph.runfolder import Manifest, RunConfigMismatch, RunFolder
+from graph.seeds import SeedError, read_seeds
+from nodes.llm import LLMClient, openai_chat_model, register_client, unregister_client
+from state.context import RefedContext
+from state.records import (
+    Candidate,
+    Provenance,
+    Reference,
+    ReferenceDone,
+    ReferenceFeedback,
+    RunStats,
+    Sample,
+    Usage,
+)
+from state.settings import RefedSettings, add_settings_flags, settings_from_args
+
+log = structlog.get_logger("refed.run")
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    manifest: Manifest
+    stats: RunStats
+    failed_references: list[str]
+    interrupted: bool = False
+
+
+def default_workers(settings: RefedSettings) -> int:
+    """References in flight: enough candidates to keep ``concurrency`` requests busy."""
+    if settings.workers:
+        return settings.workers
+    return max(2, math.ceil(2 * settings.concurrency / settings.per_reference))
+
+
+class Runner:
+    """Runs references through the graph and writes what finishes to the run folder."""
+
+    def __init__(
+        self,
+        app: CompiledStateGraph,
+        folder: RunFolder,
+        manifest: Manifest,
+        context: RefedContext,
+        settings: RefedSettings,
+        client: LLMClient,
+    ) -> None:
+        self.app = app
+        self.folder = folder
+        self.manifest = manifest
+        self.context = context
+        self.settings = settings
+        self.client = client
+        self.failed: list[str] = []
+        self.progress: Progress | None = None
+
+    def _provenance(self, ref: Reference) -> Provenance:
+        return Provenance(
+            run_id=self.manifest.run_id,
+            model=self.manifest.model,
+            feedback_mode=self.context.feedback_mode,
+            prompt_versions=self.manifest.prompt_versions,
+            reference_instruction=ref.instruction,
+            reference_response=ref.response,
+        )
+
+    def _write_candidates(self, ref: Reference, candidates: list[Any]) -> None:
+        prov = self._provenance(ref)
+        samples = [
+            Sample(**Candidate.model_validate(c).model_dump(), provenance=prov) for c in candidates
+        ]
+        accepted, rejected = self.folder.add_samples(samples)
+        if self.progress is not None and (accepted or rejected):
+            self.progress.update(accepted=accepted, rejected=rejected)
+
+    def _target_reached(self) -> bool:
+        target = self.settings.samples
+        return target is not None and self.folder.accepted >= target
+
+    async def process(self, ref: Reference) -> None:
+        cfg: dict[str, Any] = {"configurable": {"thread_id": f"{self.manifest.run_id}:{ref.id}"}}
+        snapshot = await self.app.aget_state(cfg)
+        if not (snapshot.values and not snapshot.next):
+            start = None if snapshot.next else {"reference": ref}
+            if start is None:
+                log.info("reference_resumed", reference_id=ref.id, next=list(snapshot.next))
+            async for chunk in self.app.astream(
+                start,
+                cfg,
+                context=self.context,
+                stream_mode="updates",
+                durability=self.settings.durability,
+            ):
+                for node, update in chunk.items():
+                    if node == "candidate" and update:
+                        self._write_candidates(ref, update.get("candidates", []))
+                    elif node == "feedback_distillation" and update and update.get("feedback"):
+                        self.folder.add_feedback(ReferenceFeedback.model_validate(update["feedback"]))
+            snapshot = await self.app.aget_state(cfg)
+        values = snapshot.values
+        # Reconcile: whatever the checkpoint holds that the ledgers do not (a crash
+        # between checkpoint and ledger write) is written now; ids make it exactly-once.
+        candidates = [Candidate.model_validate(c) for c in values.get("candidates", [])]
+        self._write_candidates(ref, candidates)
+        if values.get("feedback") is not None:
+            self.folder.add_feedback(ReferenceFeedback.model_validate(values["feedback"]))
+        usage = Usage.model_validate(values.get("usage") or {})
+        for c in candidates:
+            usage += c.usage
+        self.folder.mark_done(
+            ReferenceDone(
+                reference_id=ref.id,
+                accepted=sum(c.status == "accepted" for c in candidates),
+                rejected=sum(c.status != "accepted" for c in candidates),
+                usage=usage,
+                error=values.get("error"),
+            )
+        )
+        if values.get("error"):
+            log.warning("reference_error", reference_id=ref.id, error=values["error"])
+
+    async def worker(self, queue: asyncio.Queue[Reference]) -> None:
+        while not self._target_reached():
+            try:
+                ref = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                await self.process(ref)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug or a storage error: keep the others going
+                self.failed.append(ref.id)
+                log.error("reference_crashed", reference_id=ref.id, error=redact(repr(exc)),
+                          exc_info=True)
+            finally:
+                if self.progress is not None:
+                    self.progress.update(refs=1)
+                self.manifest.stats = self.folder.stats(self.client.meter.requests)
+                self.folder.write_manifest(self.manifest)
+
+    async def run(self, references: list[Reference]) -> None:
+        todo = [r for r in references if r.id not in self.folder.done]
+        skipped = len(references) - len(todo)
+        if skipped:
+            log.info("resume_skip_done", references=skipped)
+            print(f"resuming: {skipped} references already done, {len(todo)} to go",
+                  file=sys.stderr)
+        queue: asyncio.Queue[Reference] = asyncio.Queue()
+        for ref in todo:
+            queue.put_nowait(ref)
+        self.progress = Progress(len(todo), self.client.meter)
+        try:
+            n = min(default_workers(self.settings), max(1, len(todo)))
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(n):
+                    tg.create_task(self.worker(queue))
+        finally:
+            self.progress.close()
+
+
+def _client_from_settings(settings: RefedSettings, base_url: str, model: str) -> LLMClient:
+    chat = openai_chat_model(
+        base_url, model, settings.api_key.get_secret_value(), timeout=settings.timeout
+    )
+    return LLMClient(chat, concurrency=settings.concurrency, max_retries=settings.max_retries)
+
+
+async def run_batch(
+    settings: RefedSettings,
+    references: list[Reference],
+    *,
+    base_url: str | None = None,
+    client: LLMClient | None = None,
+) -> RunResult:
+    """Run (or resume) a batch over ``references`` with an LLM at ``base_url`` or ``client``."""
+    base_url = base_url or settings.base_url
+    if client is None:
+        if base_url is None:
+            raise ValueError("run_batch needs a base_url or a client")
+        client = _client_from_settings(settings, base_url, settings.model)
+    folder, manifest = RunFolder.open(
+        settings, prompts.versions(), model=settings.model, base_url=base_url
+    )
+    key = f"run:{manifest.run_id}:{id(client)}"
+    register_client(key, client)
+    context = RefedContext.from_settings(
+        settings, base_url=base_url, run_id=manifest.run_id, client_key=key
+    )
+    interrupted = False
+    try:
+        async with sqlite_saver(folder.checkpoints) as saver:
+            runner = Runner(compile_graph(saver), folder, manifest, context, settings, client)
+            try:
+                await runner.run(references)
+            except asyncio.CancelledError:
+                interrupted = True
+                raise
+            finally:
+                manifest.stats = folder.stats(client.meter.requests)
+                done = len(folder.done) >= len(references) and not runner.failed
+                manifest.status = "interrupted" if interrupted else (
+                    "finished" if done or runner._target_reached() else "incomplete")
+                folder.write_manifest(manifest)
+    finally:
+        unregister_client(key)
+        folder.close()
+    return RunResult(settings.out, manifest, manifest.stats, runner.failed, interrupted)
+
+
+@contextlib.contextmanager
+def _endpoint(settings: RefedSettings) -> Iterator[tuple[str, str]]:
+    """The given endpoint, or the embedded vLLM CPU server started for this run."""
+    if settings.base_url:
+        yield settings.base_url, settings.model
+        return
+    from embedded.server import EmbeddedServer
+
+    settings.out.mkdir(parents=True, exist_ok=True)
+    with EmbeddedServer(log_file=settings.out / "vllm.log") as server:
+        yield server.base_url, server.model
+
+
+def parse_args(argv: list[str] | None = None) -> RefedSettings:
+    parser = argparse.ArgumentParser(
+        prog="python -m graph.run",
+        description="Synthesize a judged instruction dataset from seed references "
+        "(reference-level feedback). Rerun the same command to resume.",
+    )
+    add_settings_flags(parser)
+    return settings_from_args(parser.parse_args(argv))
+
+
+def _summary(result: RunResult) -> str:
+    s = result.stats
+    lines = [
+        f"run folder: {result.folder}",
+        f"references done: {s.references_done}   accepted: {s.accepted}   "
+        f"rejected/failed: {s.rejected}",
+        f"LLM calls: {s.usage.calls} (feedback {s.usage.feedback_calls})   tokens: "
+        f"{s.usage.prompt_tokens} prompt, {s.usage.completion_tokens} completion",
+    ]
+    if s.llm_calls_per_accepted is not None:
+        lines.append(
+            f"per accepted sample: {s.llm_calls_per_accepted:.2f} calls, "
+            f"{s.feedback_calls_per_accepted:.3f} feedback calls"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    add_secret(settings.api_key.get_secret_value())
+    if not settings.seeds:
+        print("error: --seeds is required (a seed file, folder or hf:NAME)", file=sys.stderr)
+        return 2
+    settings.out.mkdir(parents=True, exist_ok=True)
+    configure_logging(settings.out / "log.jsonl", level=settings.log_level)
+    try:
+        references = read_seeds(settings.seeds, on_bad_record=settings.on_bad_record,
+                                limit=settings.limit)
+    except SeedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(references)} references from {settings.seeds}", file=sys.stderr)
+
+    loop = asyncio.new_event_loop()
+    main_task: asyncio.Task[RunResult] | None = None
+    stops = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal stops
+        stops += 1
+        if stops == 1 and main_task is not None:
+            print("\nstopping: finished samples are saved; rerun the same command to resume "
+                  "(Ctrl-C again to stop at once)", file=sys.stderr)
+            main_task.cancel()
+        else:
+            raise SystemExit(130)
+
+    try:
+        with _endpoint(settings) as (base_url, model):
+            settings = settings.model_copy(update={"model": model})
+            main_task = loop.create_task(run_batch(settings, references, base_url=base_url))
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, on_signal, sig)
+            try:
+                result = loop.run_until_complete(main_task)
+            except asyncio.CancelledError:
+                print(f"interrupted. Resume with the same command (run folder {settings.out}).",
+                      file=sys.stderr)
+                return 130
+    except RunConfigMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (PermissionError, OSError) as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    finally:
+        loop.close()
+    print(_summary(result), file=sys.stderr)
+    if result.failed_references:
+        print(f"{len(result.failed_references)} references failed (see log.jsonl); rerun to "
+              "retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

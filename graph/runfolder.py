@@ -1,0 +1,208 @@
+"""A run folder: ledgers, run.json, schemas, checkpoints, and what resume needs from them.
+
+    samples.jsonl      accepted samples (Sample)
+    rejected.jsonl     rejected or failed candidates, with the reason (Sample)
+    feedback.jsonl     one ReferenceFeedback per reference (reference mode)
+    references.jsonl   one ReferenceDone per finished reference
+    run.json           config, model, prompt versions, counters
+    schema.json        JSON schemas of the records above
+    checkpoints.sqlite LangGraph checkpoints, one thread per reference
+    log.jsonl          structlog JSON lines
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from graph.ledger import Ledger
+from state.records import (
+    ReferenceDone,
+    ReferenceFeedback,
+    RunStats,
+    Sample,
+    Usage,
+)
+from state.settings import RefedSettings
+
+
+class RunConfigMismatch(RuntimeError):
+    pass
+
+
+class Manifest(BaseModel):
+    """run.json."""
+
+    run_id: str
+    created: str
+    updated: str
+    status: str = "running"
+    seeds: str | None
+    model: str
+    base_url: str | None
+    fingerprint: dict[str, Any]
+    prompt_versions: dict[str, str]
+    settings: dict[str, Any] = Field(default_factory=dict)
+    stats: RunStats = Field(default_factory=RunStats)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class RunFolder:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.samples = Ledger(path / "samples.jsonl")
+        self.rejected = Ledger(path / "rejected.jsonl")
+        self.feedback = Ledger(path / "feedback.jsonl")
+        self.references = Ledger(path / "references.jsonl")
+        self.manifest_path = path / "run.json"
+        self.checkpoints = path / "checkpoints.sqlite"
+        self.log_file = path / "log.jsonl"
+        # What the ledgers already hold (resume): loaded once, kept up to date.
+        self.sample_ids: set[str] = set()
+        self.feedback_ids: set[str] = set()
+        self.done: dict[str, ReferenceDone] = {}
+        self.accepted = 0
+        self.rejected_count = 0
+
+    # --- opening ------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        settings: RefedSettings,
+        prompt_versions: dict[str, str],
+        *,
+        model: str,
+        base_url: str | None,
+    ) -> tuple[RunFolder, Manifest]:
+        """Create or resume the run folder; refuse a different config unless ``force_new``."""
+        path = settings.out
+        existing = path / "run.json"
+        if existing.exists() and settings.force_new:
+            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+            moved = path.with_name(f"{path.name}.replaced-{stamp}")
+            path.rename(moved)
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"run folder {path} is not writable")
+        folder = cls(path)
+        fingerprint = settings.fingerprint()
+        if folder.manifest_path.exists():
+            manifest = Manifest.model_validate_json(folder.manifest_path.read_text())
+            wanted = {**fingerprint, "prompt_versions": prompt_versions, "seeds": settings.seeds}
+            have = {
+                **manifest.fingerprint,
+                "prompt_versions": manifest.prompt_versions,
+                "seeds": manifest.seeds,
+            }
+            diffs = [k for k in wanted if wanted[k] != have.get(k)]
+            if diffs:
+                lines = ", ".join(f"{k}: {have.get(k)!r} → {wanted[k]!r}" for k in diffs)
+                raise RunConfigMismatch(
+                    f"{path} holds a run with a different configuration ({lines}). "
+                    "Use the same settings to resume, another --out, or --force-new to "
+                    "start over (the old folder is kept, renamed)."
+                )
+            manifest.status = "running"
+            manifest.base_url = base_url
+            manifest.settings = settings.public_dump()
+        else:
+            manifest = Manifest(
+                run_id=secrets.token_hex(4),
+                created=_now(),
+                updated=_now(),
+                seeds=settings.seeds,
+                model=model,
+                base_url=base_url,
+                fingerprint=fingerprint,
+                prompt_versions=prompt_versions,
+                settings=settings.public_dump(),
+            )
+        folder.load()
+        folder.write_schemas()
+        folder.write_manifest(manifest)
+        return folder, manifest
+
+    def load(self) -> None:
+        for sample in self.samples.read(Sample):
+            self.sample_ids.add(sample.sample_id)
+            self.accepted += 1
+        for sample in self.rejected.read(Sample):
+            self.sample_ids.add(sample.sample_id)
+            self.rejected_count += 1
+        for fb in self.feedback.read(ReferenceFeedback):
+            self.feedback_ids.add(fb.reference_id)
+        for done in self.references.read(ReferenceDone):
+            self.done[done.reference_id] = done
+
+    def write_schemas(self) -> None:
+        schemas = {m.__name__: m.model_json_schema() for m in (Sample, ReferenceFeedback,
+                                                               ReferenceDone, Manifest)}
+        target = self.path / "schema.json"
+        if not target.exists():
+            _atomic_write(target, json.dumps(schemas, indent=2))
+
+    # --- writing ------------------------------------------------------------------
+    def add_samples(self, samples: list[Sample]) -> tuple[int, int]:
+        """Append samples not yet in the ledgers; returns (accepted, rejected) written."""
+        fresh = [s for s in samples if s.sample_id not in self.sample_ids]
+        accepted = [s for s in fresh if s.status == "accepted"]
+        rejected = [s for s in fresh if s.status != "accepted"]
+        self.samples.append(accepted)
+        self.rejected.append(rejected)
+        self.sample_ids.update(s.sample_id for s in fresh)
+        self.accepted += len(accepted)
+        self.rejected_count += len(rejected)
+        return len(accepted), len(rejected)
+
+    def add_feedback(self, feedback: ReferenceFeedback) -> None:
+        if feedback.reference_id not in self.feedback_ids:
+            self.feedback.append([feedback])
+            self.feedback_ids.add(feedback.reference_id)
+
+    def mark_done(self, done: ReferenceDone) -> None:
+        if done.reference_id in self.done:
+            return
+        for ledger in (self.samples, self.rejected, self.feedback):
+            ledger.sync()
+        self.references.append([done])
+        self.references.sync()
+        self.done[done.reference_id] = done
+
+    def stats(self, process_calls: int = 0) -> RunStats:
+        usage = Usage()
+        for done in self.done.values():
+            usage += done.usage
+        return RunStats(
+            references_done=len(self.done),
+            accepted=self.accepted,
+            rejected=self.rejected_count,
+            usage=usage,
+            process_calls=process_calls,
+        ).finish()
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        manifest.updated = _now()
+        _atomic_write(self.manifest_path, manifest.model_dump_json(indent=2))
+
+    def close(self) -> None:
+        for ledger in (self.samples, self.rejected, self.feedback, self.references):
+            ledger.close()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

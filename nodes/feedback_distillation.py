@@ -1,0 +1,60 @@
+"""feedback_distillation: turn the reference's analysis into transferable guidance.
+
+One feedback call per reference. The result (``ReferenceFeedback``) is what every
+sample of this reference is synthesized and refined with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+import prompts
+from nodes.llm import LLMError, client_for, derive_seed
+from state.context import RefedContext
+from state.graph_state import ReferenceState
+from state.llm_outputs import DistilledFeedbackOut
+from state.records import ReferenceFeedback
+
+DISTILL_MAX_TOKENS = 500
+
+
+async def feedback_distillation(
+    state: ReferenceState, runtime: Runtime[RefedContext]
+) -> dict[str, Any]:
+    ctx = runtime.context
+    ref = state.reference
+    inst, resp = state.instruction_analysis, state.response_analysis
+    assert inst is not None and resp is not None, "reference_analysis must run first"
+    messages = prompts.load("distill_feedback").render(
+        instruction=ref.instruction,
+        subject_areas="; ".join(inst.subject_areas),
+        skills="; ".join(inst.skills),
+        clarity=inst.clarity,
+        content=resp.content,
+        communication=resp.communication,
+        alignment=resp.alignment,
+        improvements="; ".join(resp.improvements),
+    )
+    try:
+        reply = await client_for(ctx).structured(
+            messages,
+            DistilledFeedbackOut,
+            task="distill_feedback",
+            feedback=True,
+            temperature=ctx.judge_temperature,
+            max_tokens=DISTILL_MAX_TOKENS,
+            seed=derive_seed(ctx.seed, ref.id, "distill_feedback"),
+        )
+    except LLMError as exc:
+        return {"usage": exc.usage, "error": f"feedback_distillation failed: {exc}"}
+    feedback = ReferenceFeedback(
+        reference_id=ref.id,
+        instruction=inst,
+        response=resp,
+        instruction_guidance=list(reply.value.instruction_guidance),
+        response_guidance=list(reply.value.response_guidance),
+        usage=state.usage + reply.usage,
+    )
+    return {"usage": reply.usage, "feedback": feedback}

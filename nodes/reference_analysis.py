@@ -1,0 +1,71 @@
+"""reference_analysis: what makes the reference's instruction and response good.
+
+Two feedback calls, made once per reference and run concurrently: one on the
+instruction (subject areas, skills, clarity), one on the response (content,
+communication, alignment, improvements).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+import prompts
+from nodes.llm import LLMError, client_for, derive_seed
+from state.context import RefedContext
+from state.graph_state import ReferenceState
+from state.llm_outputs import InstructionAnalysisOut, ResponseAnalysisOut
+from state.records import InstructionAnalysis, ResponseAnalysis, Usage
+
+ANALYSIS_MAX_TOKENS = 400
+
+
+async def reference_analysis(
+    state: ReferenceState, runtime: Runtime[RefedContext]
+) -> dict[str, Any]:
+    ctx = runtime.context
+    llm = client_for(ctx)
+    ref = state.reference
+    common = {"temperature": ctx.judge_temperature, "max_tokens": ANALYSIS_MAX_TOKENS}
+    calls = await asyncio.gather(
+        llm.structured(
+            prompts.load("analyze_instruction").render(instruction=ref.instruction),
+            InstructionAnalysisOut,
+            task="analyze_instruction",
+            feedback=True,
+            seed=derive_seed(ctx.seed, ref.id, "analyze_instruction"),
+            **common,
+        ),
+        llm.structured(
+            prompts.load("analyze_response").render(
+                instruction=ref.instruction, response=ref.response
+            ),
+            ResponseAnalysisOut,
+            task="analyze_response",
+            feedback=True,
+            seed=derive_seed(ctx.seed, ref.id, "analyze_response"),
+            **common,
+        ),
+        return_exceptions=True,
+    )
+    usage = Usage()
+    errors: list[str] = []
+    for result in calls:
+        if isinstance(result, LLMError):
+            usage += result.usage
+            errors.append(str(result))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            usage += result.usage
+    if errors:
+        return {"usage": usage, "error": "reference_analysis failed: " + "; ".join(errors)}
+    inst, resp = calls
+    assert not isinstance(inst, BaseException) and not isinstance(resp, BaseException)
+    return {
+        "usage": usage,
+        "instruction_analysis": InstructionAnalysis(**inst.value.model_dump()),
+        "response_analysis": ResponseAnalysis(**resp.value.model_dump()),
+    }

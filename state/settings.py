@@ -1,0 +1,167 @@
+"""The one configuration model, shared by the batch CLI, the service and Studio.
+
+Precedence, highest first: command-line flags, environment (``REFED_*``, plus the
+OpenAI-standard ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``), a TOML config file
+(``--config`` or ``REFED_CONFIG``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+import types
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from state.records import FeedbackMode
+
+
+class RefedSettings(BaseSettings):
+    """Everything a run, the service or Studio can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="REFED_", extra="ignore", populate_by_name=True)
+
+    # --- the LLM endpoint -------------------------------------------------------
+    base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REFED_BASE_URL", "OPENAI_BASE_URL", "base_url"),
+        description="OpenAI-compatible endpoint (…/v1). Unset: start the embedded vLLM CPU server.",
+    )
+    model: str = Field(default="smollm2", description="Model name the server knows.")
+    api_key: SecretStr = Field(
+        default=SecretStr("EMPTY"),
+        validation_alias=AliasChoices("REFED_API_KEY", "OPENAI_API_KEY", "api_key"),
+        description="API key for the endpoint (never logged).",
+    )
+    concurrency: int = Field(default=16, ge=1, description="LLM requests in flight (per endpoint).")
+    timeout: float = Field(default=120.0, gt=0, description="Seconds per LLM request.")
+    max_retries: int = Field(default=4, ge=0, description="Retries per LLM request (backoff).")
+
+    # --- the method ---------------------------------------------------------------
+    feedback_mode: FeedbackMode = Field(
+        default="reference",
+        description="reference: feedback once per reference (the method); sample: per new "
+        "sample (baseline); none: no feedback.",
+    )
+    per_reference: int = Field(default=4, ge=1, le=200, description="New instructions per ref.")
+    judge_bar: float = Field(default=3.0, description="Mean judge score (1-5) to accept.")
+    max_revisions: int = Field(default=1, ge=0, le=5, description="Revise rounds under the bar.")
+    temperature: float = Field(default=1.0, ge=0, le=2, description="Sampling temperature.")
+    judge_temperature: float = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=512, ge=16, description="Completion cap for free text.")
+    seed: int = Field(default=0, description="Base seed; each request derives its own.")
+
+    # --- the batch run ------------------------------------------------------------
+    seeds: str | None = Field(default=None, description="Seed file, folder or hf:NAME.")
+    out: Path = Field(default=Path("runs/default"), description="Run folder.")
+    samples: int | None = Field(
+        default=None, ge=1, description="Stop starting references once this many are accepted."
+    )
+    limit: int | None = Field(default=None, ge=1, description="Use only the first N references.")
+    workers: int | None = Field(
+        default=None, ge=1, description="References in flight (default: from concurrency)."
+    )
+    on_bad_record: Literal["fail", "skip"] = Field(default="fail")
+    force_new: bool = Field(default=False, description="Start over in an existing run folder.")
+    durability: Literal["sync", "async", "exit"] = Field(default="async")
+    log_level: str = Field(default="info")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    # Fields that change what a run produces: a run folder refuses a different value.
+    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = (
+        "model",
+        "feedback_mode",
+        "per_reference",
+        "judge_bar",
+        "max_revisions",
+        "temperature",
+        "judge_temperature",
+        "max_tokens",
+        "seed",
+    )
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.OUTPUT_FIELDS}
+
+    def public_dump(self) -> dict[str, Any]:
+        """Everything but secrets, JSON-ready."""
+        data = self.model_dump(mode="json", exclude={"api_key"})
+        data["api_key_set"] = self.api_key.get_secret_value() not in ("", "EMPTY")
+        return data
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the file named by REFED_CONFIG (set by ``--config``); keys are field names."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("REFED_CONFIG")
+        if not path:
+            return {}
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SystemExit(f"config file {path}: {exc}") from exc
+        table = data.get("refed", data)
+        unknown = sorted(set(table) - set(RefedSettings.model_fields))
+        if unknown:
+            raise SystemExit(f"config file {path}: unknown keys {', '.join(unknown)}")
+        return {k.replace("-", "_"): v for k, v in table.items()}
+
+
+def _flag_type(annotation: Any) -> tuple[Any, list[Any] | None]:
+    """Map a field annotation to an argparse type and choices."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return _flag_type(args[0])
+    if origin is Literal:
+        return str, list(get_args(annotation))
+    if annotation in (int, float, Path):
+        return annotation, None
+    return str, None
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One ``--kebab-case`` flag per settings field; defaults stay with the settings."""
+    for name, field in RefedSettings.model_fields.items():
+        if only is not None and name not in only:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=field.description)
+            continue
+        kind, choices = _flag_type(field.annotation)
+        parser.add_argument(
+            flag, type=kind, choices=choices, default=None, help=field.description, dest=name
+        )
+    parser.add_argument("--config", type=Path, default=None, help="TOML config file.")
+
+
+def settings_from_args(args: argparse.Namespace) -> RefedSettings:
+    """Build settings from parsed flags (only flags actually given override env/file)."""
+    values = {k: v for k, v in vars(args).items() if k in RefedSettings.model_fields}
+    given = {k: v for k, v in values.items() if v is not None}
+    config = getattr(args, "config", None)
+    if config is not None:
+        os.environ["REFED_CONFIG"] = str(config)
+    return RefedSettings(**given)
