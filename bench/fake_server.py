@@ -106,8 +106,9 @@ class FakeServer:
         )
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.model,
-                                                              "object": "model"}]})
+        return web.json_response(
+            {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+        )
 
     async def stats(self, request: web.Request) -> web.Response:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -134,9 +135,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--latency", type=float, default=0.05)
     args = parser.parse_args()
-    web.run_app(FakeServer(args.latency).app(), host=args.host, port=args.port,
-                print=lambda *_: print(f"fake server on http://{args.host}:{args.port}/v1",
-                                       flush=True), access_log=None, backlog=1024)
+    web.run_app(
+        FakeServer(args.latency).app(),
+        host=args.host,
+        port=args.port,
+        print=lambda *_: print(f"fake server on http://{args.host}:{args.port}/v1", flush=True),
+        access_log=None,
+        backlog=1024,
+    )
 
 
 if __name__ == "__main__":

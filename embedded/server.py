@@ -27,9 +27,12 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, TYPE_CHECKING, Self
 
 from .weights import Log, _default_log, default_cache_dir, ensure_model
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "CPU_EXTRA_HINT",
@@ -340,9 +343,9 @@ class EmbeddedServer:
                     )
                 time.sleep(_POLL_INTERVAL_S)
 
-    def _serves_our_model(self, response: object) -> bool:
+    def _serves_our_model(self, response: httpx.Response) -> bool:
         try:
-            data = response.json()  # type: ignore[attr-defined]
+            data = response.json()
             ids = {item.get("id") for item in data.get("data", [])}
         except (ValueError, AttributeError, TypeError):
             return False

@@ -238,7 +238,8 @@ def _convert_gguf(gguf_path: Path, out_dir: Path, log: Log) -> dict[str, Any]:
     gguf_name = gguf_path.name
     log("converting GGUF → bfloat16 Hugging Face folder (~30 s)")
 
-    tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_name)
+    # Typed loosely: the tokenizer class (and its settable properties) varies by version.
+    tokenizer: Any = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_name)
     loaded = AutoModelForCausalLM.from_pretrained(
         src_dir,
         gguf_file=gguf_name,

@@ -70,7 +70,9 @@ def _after_judge(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
     return "self_critique" if wants_revision(state, runtime.context) else "finalize"
 
 
-def build_candidate_graph() -> StateGraph:
+def build_candidate_graph() -> StateGraph[
+    CandidateState, RefedContext, CandidateInput, CandidateOutput
+]:
     g = StateGraph(
         CandidateState,
         context_schema=RefedContext,
@@ -82,14 +84,16 @@ def build_candidate_graph() -> StateGraph:
     g.add_node("metric_judge", metric_judge)
     g.add_node("finalize", finalize)
     g.add_edge(START, "respond")
-    g.add_conditional_edges("respond", _after_respond, ["self_critique", "metric_judge", "finalize"])
+    g.add_conditional_edges(
+        "respond", _after_respond, ["self_critique", "metric_judge", "finalize"]
+    )
     g.add_conditional_edges("self_critique", _after_critique, ["metric_judge", "finalize"])
     g.add_conditional_edges("metric_judge", _after_judge, ["self_critique", "finalize"])
     g.add_edge("finalize", END)
     return g
 
 
-def build_graph() -> StateGraph:
+def build_graph() -> StateGraph[ReferenceState, RefedContext, ReferenceState, ReferenceState]:
     """The reference-thread graph, uncompiled (compile with or without a checkpointer)."""
     g = StateGraph(ReferenceState, context_schema=RefedContext)
     g.add_node("reference_analysis", reference_analysis)
@@ -106,5 +110,7 @@ def build_graph() -> StateGraph:
     return g
 
 
-def compile_graph(checkpointer: Any = None) -> CompiledStateGraph:
+def compile_graph(
+    checkpointer: Any = None,
+) -> CompiledStateGraph[ReferenceState, RefedContext, ReferenceState, ReferenceState]:
     return build_graph().compile(checkpointer=checkpointer, name="refed")

@@ -20,7 +20,11 @@ def _state_types() -> list[tuple[str, str]]:
     out = []
     for module in (state.records, state.graph_state):
         for name, obj in vars(module).items():
-            if inspect.isclass(obj) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__:
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, BaseModel)
+                and obj.__module__ == module.__name__
+            ):
                 out.append((module.__name__, name))
     return out
 

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from collections.abc import MutableMapping
 from typing import IO, Any
 
 import structlog
@@ -33,7 +34,7 @@ class _Sink:
         self.file = file
         self.console_level = console_level
 
-    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
         line = redact(json.dumps(event, default=str, ensure_ascii=False))
         if self.file is not None:
             self.file.write(line + "\n")
@@ -46,8 +47,9 @@ class _Sink:
         raise structlog.DropEvent
 
 
-def configure_logging(log_file: Path | None = None, *, level: str = "info",
-                      console_level: str = "warning") -> None:
+def configure_logging(
+    log_file: Path | None = None, *, level: str = "info", console_level: str = "warning"
+) -> None:
     file = log_file.open("a", encoding="utf-8") if log_file is not None else None
     structlog.configure(
         processors=[

@@ -15,8 +15,9 @@ log = structlog.get_logger("refed.progress")
 
 
 class Progress:
-    def __init__(self, total: int, meter: Meter, *, every: float = 10.0,
-                 tty: bool | None = None) -> None:
+    def __init__(
+        self, total: int, meter: Meter, *, every: float = 10.0, tty: bool | None = None
+    ) -> None:
         self.meter = meter
         self.every = every
         self.last = 0.0
@@ -24,8 +25,7 @@ class Progress:
         self.rejected = 0
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.bar: tqdm[Any] | None = (
-            tqdm(total=total, unit="ref", dynamic_ncols=True, file=sys.stderr)
-            if self.tty else None
+            tqdm(total=total, unit="ref", dynamic_ncols=True, file=sys.stderr) if self.tty else None
         )
         self.total = total
         self.done = 0
@@ -48,9 +48,12 @@ class Progress:
             self.bar.set_postfix(self._fields(), refresh=False)
             return
         now = time.monotonic()
-        if now - self.last >= self.every or self.done == self.total:
+        if now - self.last >= self.every or (refs and self.done == self.total):
             self.last = now
-            log.info("progress", references=f"{self.done}/{self.total}", **self._fields())
+            fields = self._fields()
+            log.info("progress", references=f"{self.done}/{self.total}", **fields)
+            line = " ".join(f"{k}={v}" for k, v in fields.items())
+            print(f"progress references={self.done}/{self.total} {line}", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

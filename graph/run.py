@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 
 import prompts
@@ -32,6 +33,7 @@ from graph.runfolder import Manifest, RunConfigMismatch, RunFolder
 from graph.seeds import SeedError, read_seeds
 from nodes.llm import LLMClient, openai_chat_model, register_client, unregister_client
 from state.context import RefedContext
+from state.graph_state import ReferenceState
 from state.records import (
     Candidate,
     Provenance,
@@ -68,7 +70,7 @@ class Runner:
 
     def __init__(
         self,
-        app: CompiledStateGraph,
+        app: CompiledStateGraph[ReferenceState, RefedContext, ReferenceState, ReferenceState],
         folder: RunFolder,
         manifest: Manifest,
         context: RefedContext,
@@ -108,10 +110,10 @@ class Runner:
         return target is not None and self.folder.accepted >= target
 
     async def process(self, ref: Reference) -> None:
-        cfg: dict[str, Any] = {"configurable": {"thread_id": f"{self.manifest.run_id}:{ref.id}"}}
+        cfg: RunnableConfig = {"configurable": {"thread_id": f"{self.manifest.run_id}:{ref.id}"}}
         snapshot = await self.app.aget_state(cfg)
         if not (snapshot.values and not snapshot.next):
-            start = None if snapshot.next else {"reference": ref}
+            start = None if snapshot.next else ReferenceState(reference=ref)
             if start is None:
                 log.info("reference_resumed", reference_id=ref.id, next=list(snapshot.next))
             async for chunk in self.app.astream(
@@ -125,7 +127,9 @@ class Runner:
                     if node == "candidate" and update:
                         self._write_candidates(ref, update.get("candidates", []))
                     elif node == "feedback_distillation" and update and update.get("feedback"):
-                        self.folder.add_feedback(ReferenceFeedback.model_validate(update["feedback"]))
+                        self.folder.add_feedback(
+                            ReferenceFeedback.model_validate(update["feedback"])
+                        )
             snapshot = await self.app.aget_state(cfg)
         values = snapshot.values
         # Reconcile: whatever the checkpoint holds that the ledgers do not (a crash
@@ -161,8 +165,9 @@ class Runner:
                 raise
             except Exception as exc:  # a bug or a storage error: keep the others going
                 self.failed.append(ref.id)
-                log.error("reference_crashed", reference_id=ref.id, error=redact(repr(exc)),
-                          exc_info=True)
+                log.error(
+                    "reference_crashed", reference_id=ref.id, error=redact(repr(exc)), exc_info=True
+                )
             finally:
                 if self.progress is not None:
                     self.progress.update(refs=1)
@@ -174,8 +179,9 @@ class Runner:
         skipped = len(references) - len(todo)
         if skipped:
             log.info("resume_skip_done", references=skipped)
-            print(f"resuming: {skipped} references already done, {len(todo)} to go",
-                  file=sys.stderr)
+            print(
+                f"resuming: {skipped} references already done, {len(todo)} to go", file=sys.stderr
+            )
         queue: asyncio.Queue[Reference] = asyncio.Queue()
         for ref in todo:
             queue.put_nowait(ref)
@@ -229,8 +235,11 @@ async def run_batch(
             finally:
                 manifest.stats = folder.stats(client.meter.requests)
                 done = len(folder.done) >= len(references) and not runner.failed
-                manifest.status = "interrupted" if interrupted else (
-                    "finished" if done or runner._target_reached() else "incomplete")
+                manifest.status = (
+                    "interrupted"
+                    if interrupted
+                    else ("finished" if done or runner._target_reached() else "incomplete")
+                )
                 folder.write_manifest(manifest)
     finally:
         unregister_client(key)
@@ -287,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     settings.out.mkdir(parents=True, exist_ok=True)
     configure_logging(settings.out / "log.jsonl", level=settings.log_level)
     try:
-        references = read_seeds(settings.seeds, on_bad_record=settings.on_bad_record,
-                                limit=settings.limit)
+        references = read_seeds(
+            settings.seeds, on_bad_record=settings.on_bad_record, limit=settings.limit
+        )
     except SeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -302,8 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal stops
         stops += 1
         if stops == 1 and main_task is not None:
-            print("\nstopping: finished samples are saved; rerun the same command to resume "
-                  "(Ctrl-C again to stop at once)", file=sys.stderr)
+            print(
+                "\nstopping: finished samples are saved; rerun the same command to resume "
+                "(Ctrl-C again to stop at once)",
+                file=sys.stderr,
+            )
             main_task.cancel()
         else:
             raise SystemExit(130)
@@ -317,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = loop.run_until_complete(main_task)
             except asyncio.CancelledError:
-                print(f"interrupted. Resume with the same command (run folder {settings.out}).",
-                      file=sys.stderr)
+                print(
+                    f"interrupted. Resume with the same command (run folder {settings.out}).",
+                    file=sys.stderr,
+                )
                 return 130
     except RunConfigMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -330,8 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         loop.close()
     print(_summary(result), file=sys.stderr)
     if result.failed_references:
-        print(f"{len(result.failed_references)} references failed (see log.jsonl); rerun to "
-              "retry them", file=sys.stderr)
+        print(
+            f"{len(result.failed_references)} references failed (see log.jsonl); rerun to "
+            "retry them",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

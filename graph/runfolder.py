@@ -1,13 +1,13 @@
 """A run folder: ledgers, run.json, schemas, checkpoints, and what resume needs from them.
 
-    samples.jsonl      accepted samples (Sample)
-    rejected.jsonl     rejected or failed candidates, with the reason (Sample)
-    feedback.jsonl     one ReferenceFeedback per reference (reference mode)
-    references.jsonl   one ReferenceDone per finished reference
-    run.json           config, model, prompt versions, counters
-    schema.json        JSON schemas of the records above
-    checkpoints.sqlite LangGraph checkpoints, one thread per reference
-    log.jsonl          structlog JSON lines
+samples.jsonl      accepted samples (Sample)
+rejected.jsonl     rejected or failed candidates, with the reason (Sample)
+feedback.jsonl     one ReferenceFeedback per reference (reference mode)
+references.jsonl   one ReferenceDone per finished reference
+run.json           config, model, prompt versions, counters
+schema.json        JSON schemas of the records above
+checkpoints.sqlite LangGraph checkpoints, one thread per reference
+log.jsonl          structlog JSON lines
 """
 
 from __future__ import annotations
@@ -145,8 +145,10 @@ class RunFolder:
             self.done[done.reference_id] = done
 
     def write_schemas(self) -> None:
-        schemas = {m.__name__: m.model_json_schema() for m in (Sample, ReferenceFeedback,
-                                                               ReferenceDone, Manifest)}
+        schemas = {
+            m.__name__: m.model_json_schema()
+            for m in (Sample, ReferenceFeedback, ReferenceDone, Manifest)
+        }
         target = self.path / "schema.json"
         if not target.exists():
             _atomic_write(target, json.dumps(schemas, indent=2))

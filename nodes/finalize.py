@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from state.graph_state import CandidateState
-from state.records import Candidate
+from state.records import Candidate, CandidateStatus
 
 
 def sample_id(reference_id: str, index: int) -> str:
@@ -15,6 +15,8 @@ def sample_id(reference_id: str, index: int) -> str:
 async def finalize(state: CandidateState) -> dict[str, Any]:
     inst = state.instruction
     j = state.judgement
+    status: CandidateStatus
+    reason: str | None
     if state.error is not None:
         status, reason = "failed", state.error
     elif j is None:

@@ -150,7 +150,7 @@ class LLMClient:
             finally:
                 self.meter.in_flight -= 1
         assert isinstance(msg, AIMessage)
-        meta = msg.usage_metadata or {}
+        meta: dict[str, Any] = dict(msg.usage_metadata or {})
         self.meter.prompt_tokens += int(meta.get("input_tokens", 0))
         self.meter.completion_tokens += int(meta.get("output_tokens", 0))
         return msg
@@ -187,7 +187,7 @@ class LLMClient:
             except openai.APIStatusError as exc:
                 usage.failed_calls += 1
                 raise LLMError("http", f"HTTP {exc.status_code}: {exc.message}", usage) from exc
-            meta = msg.usage_metadata or {}
+            meta: dict[str, Any] = dict(msg.usage_metadata or {})
             usage.prompt_tokens += int(meta.get("input_tokens", 0))
             usage.completion_tokens += int(meta.get("output_tokens", 0))
             try:

@@ -28,7 +28,6 @@ async def reference_analysis(
     ctx = runtime.context
     llm = client_for(ctx)
     ref = state.reference
-    common = {"temperature": ctx.judge_temperature, "max_tokens": ANALYSIS_MAX_TOKENS}
     calls = await asyncio.gather(
         llm.structured(
             prompts.load("analyze_instruction").render(instruction=ref.instruction),
@@ -36,7 +35,8 @@ async def reference_analysis(
             task="analyze_instruction",
             feedback=True,
             seed=derive_seed(ctx.seed, ref.id, "analyze_instruction"),
-            **common,
+            temperature=ctx.judge_temperature,
+            max_tokens=ANALYSIS_MAX_TOKENS,
         ),
         llm.structured(
             prompts.load("analyze_response").render(
@@ -46,7 +46,8 @@ async def reference_analysis(
             task="analyze_response",
             feedback=True,
             seed=derive_seed(ctx.seed, ref.id, "analyze_response"),
-            **common,
+            temperature=ctx.judge_temperature,
+            max_tokens=ANALYSIS_MAX_TOKENS,
         ),
         return_exceptions=True,
     )

@@ -33,8 +33,10 @@ def plan_calls(features: list[str | None], total: int) -> list[tuple[str | None,
     """Spread ``total`` over features, round-robin, at most MAX_PER_CALL per call."""
     if not features:
         features = [None]
-    shares = [total // len(features) + (1 if i < total % len(features) else 0)
-              for i in range(len(features))]
+    shares = [
+        total // len(features) + (1 if i < total % len(features) else 0)
+        for i in range(len(features))
+    ]
     jobs: list[tuple[str | None, int]] = []
     for feature, share in zip(features, shares, strict=True):
         while share > 0:

@@ -141,7 +141,9 @@ def _flag_type(annotation: Any) -> tuple[Any, list[Any] | None]:
     return str, None
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+def add_settings_flags(
+    parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None
+) -> None:
     """One ``--kebab-case`` flag per settings field; defaults stay with the settings."""
     for name, field in RefedSettings.model_fields.items():
         if only is not None and name not in only:

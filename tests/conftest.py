@@ -48,8 +48,15 @@ class FakeServerProc:
     def __init__(self, latency: float) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.fake_server", "--port", str(self.port),
-             "--latency", str(latency)],
+            [
+                sys.executable,
+                "-m",
+                "bench.fake_server",
+                "--port",
+                str(self.port),
+                "--latency",
+                str(latency),
+            ],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -53,8 +53,11 @@ def _instructions(messages: list[BaseMessage], kwargs: dict[str, Any]) -> dict[s
     text = str(messages[-1].content)
     count = int(text.split("Write ", 1)[1].split(" ", 1)[0])
     seed = kwargs.get("seed", 0)
-    return {"instructions": [f"Scripted instruction {seed}-{i}: explain topic {i}." for i in
-                             range(count)]}
+    return {
+        "instructions": [
+            f"Scripted instruction {seed}-{i}: explain topic {i}." for i in range(count)
+        ]
+    }
 
 
 class ScriptedError(Exception):
@@ -130,8 +133,9 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=self._script.answer(messages,
-                                                                                 kwargs))])
+        return ChatResult(
+            generations=[ChatGeneration(message=self._script.answer(messages, kwargs))]
+        )
 
     async def _agenerate(
         self,

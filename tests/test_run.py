@@ -52,8 +52,20 @@ def count_lines(path: Path) -> int:
 
 def test_cli_writes_run_folder(fake_server: FakeServerProc, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    res = run_cli("--seeds", str(EXAMPLES), "--base-url", fake_server.base_url, "--model", "fake",
-                  "--out", str(out), "--per-reference", "3", "--concurrency", "8")
+    res = run_cli(
+        "--seeds",
+        str(EXAMPLES),
+        "--base-url",
+        fake_server.base_url,
+        "--model",
+        "fake",
+        "--out",
+        str(out),
+        "--per-reference",
+        "3",
+        "--concurrency",
+        "8",
+    )
     assert res.returncode == 0, res.stderr
     samples = read(out / "samples.jsonl", Sample)
     rejected = read(out / "rejected.jsonl", Sample)
@@ -82,8 +94,18 @@ def test_cli_writes_run_folder(fake_server: FakeServerProc, tmp_path: Path) -> N
 
     # The same command again: everything is done, no LLM call, nothing rewritten.
     before = fake_server.stats()["requests"]
-    again = run_cli("--seeds", str(EXAMPLES), "--base-url", fake_server.base_url, "--model",
-                    "fake", "--out", str(out), "--per-reference", "3")
+    again = run_cli(
+        "--seeds",
+        str(EXAMPLES),
+        "--base-url",
+        fake_server.base_url,
+        "--model",
+        "fake",
+        "--out",
+        str(out),
+        "--per-reference",
+        "3",
+    )
     assert again.returncode == 0, again.stderr
     assert "6 references already done, 0 to go" in again.stderr
     assert fake_server.stats()["requests"] == before
@@ -92,8 +114,18 @@ def test_cli_writes_run_folder(fake_server: FakeServerProc, tmp_path: Path) -> N
 
 def test_different_config_is_refused(fake_server: FakeServerProc, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    base = ["--seeds", str(EXAMPLES), "--base-url", fake_server.base_url, "--model", "fake",
-            "--out", str(out), "--limit", "2"]
+    base = [
+        "--seeds",
+        str(EXAMPLES),
+        "--base-url",
+        fake_server.base_url,
+        "--model",
+        "fake",
+        "--out",
+        str(out),
+        "--limit",
+        "2",
+    ]
     assert run_cli(*base, "--per-reference", "2").returncode == 0
     res = run_cli(*base, "--per-reference", "3")
     assert res.returncode == 2
@@ -108,24 +140,50 @@ def test_different_config_is_refused(fake_server: FakeServerProc, tmp_path: Path
 def test_bad_seeds_fail_before_any_llm_call(fake_server: FakeServerProc, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "response": "b"}\n{"instruction": "c"}\n')
-    res = run_cli("--seeds", str(bad), "--base-url", fake_server.base_url, "--out",
-                  str(tmp_path / "run"))
+    res = run_cli(
+        "--seeds", str(bad), "--base-url", fake_server.base_url, "--out", str(tmp_path / "run")
+    )
     assert res.returncode == 2
     assert res.stderr.strip().endswith(
         f"error: {bad} line 2: field 'response': missing or empty (record has keys: instruction)"
     )
     assert fake_server.stats()["requests"] == 0
-    skipped = run_cli("--seeds", str(bad), "--base-url", fake_server.base_url, "--model", "fake",
-                      "--out", str(tmp_path / "run"), "--on-bad-record", "skip",
-                      "--per-reference", "1")
+    skipped = run_cli(
+        "--seeds",
+        str(bad),
+        "--base-url",
+        fake_server.base_url,
+        "--model",
+        "fake",
+        "--out",
+        str(tmp_path / "run"),
+        "--on-bad-record",
+        "skip",
+        "--per-reference",
+        "1",
+    )
     assert skipped.returncode == 0, skipped.stderr
     assert count_lines(tmp_path / "run" / "samples.jsonl") == 1
 
 
 def test_samples_target_stops_new_references(fake_server: FakeServerProc, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    res = run_cli("--seeds", str(EXAMPLES), "--base-url", fake_server.base_url, "--model", "fake",
-                  "--out", str(out), "--per-reference", "3", "--samples", "4", "--workers", "1")
+    res = run_cli(
+        "--seeds",
+        str(EXAMPLES),
+        "--base-url",
+        fake_server.base_url,
+        "--model",
+        "fake",
+        "--out",
+        str(out),
+        "--per-reference",
+        "3",
+        "--samples",
+        "4",
+        "--workers",
+        "1",
+    )
     assert res.returncode == 0, res.stderr
     # One reference in flight at a time: two references give 6 >= 4, the third never starts.
     assert count_lines(out / "samples.jsonl") == 6
@@ -146,8 +204,20 @@ def test_sigkill_loses_nothing_and_duplicates_nothing(
 ) -> None:
     out = tmp_path / "run"
     concurrency = 4
-    args = ["--seeds", str(EXAMPLES), "--base-url", slow_fake_server.base_url, "--model", "fake",
-            "--out", str(out), "--per-reference", "4", "--concurrency", str(concurrency)]
+    args = [
+        "--seeds",
+        str(EXAMPLES),
+        "--base-url",
+        slow_fake_server.base_url,
+        "--model",
+        "fake",
+        "--out",
+        str(out),
+        "--per-reference",
+        "4",
+        "--concurrency",
+        str(concurrency),
+    ]
     kills = 0
     for wanted in (3, 9, 15):  # kill three times at growing progress
         proc = start_cli(*args)
@@ -171,12 +241,22 @@ def test_sigkill_loses_nothing_and_duplicates_nothing(
 
 
 @pytest.mark.slow
-def test_sigint_stops_quickly_and_resumes(
-    slow_fake_server: FakeServerProc, tmp_path: Path
-) -> None:
+def test_sigint_stops_quickly_and_resumes(slow_fake_server: FakeServerProc, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["--seeds", str(EXAMPLES), "--base-url", slow_fake_server.base_url, "--model", "fake",
-            "--out", str(out), "--per-reference", "4", "--concurrency", "4"]
+    args = [
+        "--seeds",
+        str(EXAMPLES),
+        "--base-url",
+        slow_fake_server.base_url,
+        "--model",
+        "fake",
+        "--out",
+        str(out),
+        "--per-reference",
+        "4",
+        "--concurrency",
+        "4",
+    ]
     proc = start_cli(*args)
     _wait_lines(out / "samples.jsonl", 4, proc)
     t0 = time.monotonic()

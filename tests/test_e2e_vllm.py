@@ -1,0 +1,116 @@
+"""End to end on the real vLLM CPU server (SmolLM2-135M): 3 LIMA references, 2 samples each.
+
+The model is tiny, so these tests check structure, counts and counters, not prose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from graph.ledger import Ledger
+from graph.runfolder import Manifest
+from graph.seeds import read_seeds
+from state.records import ReferenceDone, ReferenceFeedback, Sample
+
+from .conftest import REPO
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+PER_REFERENCE = 2
+
+
+@pytest.fixture(scope="module")
+def lima3(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first three single-turn LIMA references, as a JSONL seed file."""
+    refs = read_seeds(shared_data / "seeds" / "lima.json", limit=3)
+    path = tmp_path_factory.mktemp("seeds") / "lima3.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"instruction": r.instruction, "response": r.response}) + "\n" for r in refs
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize("mode", ["reference", "sample", "none"])
+def test_modes_on_real_vllm(vllm_base_url: str, lima3: Path, tmp_path: Path, mode: str) -> None:
+    out = tmp_path / mode
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "graph.run",
+            "--seeds",
+            str(lima3),
+            "--base-url",
+            vllm_base_url,
+            "--model",
+            "smollm2",
+            "--out",
+            str(out),
+            "--per-reference",
+            str(PER_REFERENCE),
+            "--feedback-mode",
+            mode,
+            "--concurrency",
+            "8",
+            "--max-tokens",
+            "256",
+            "--temperature",
+            "0.7",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    samples = list(Ledger(out / "samples.jsonl").read(Sample))
+    rejected = list(Ledger(out / "rejected.jsonl").read(Sample))
+    done = list(Ledger(out / "references.jsonl").read(ReferenceDone))
+    assert len(done) == 3
+    # Every reference that got through synthesis yields exactly PER_REFERENCE candidates
+    # (or fewer if the model repeated itself), each accounted for as accepted or rejected.
+    produced = {d.reference_id: d.accepted + d.rejected for d in done}
+    assert all(0 < n <= PER_REFERENCE for n in produced.values() if n), produced
+    assert len(samples) + len(rejected) == sum(produced.values()) > 0
+    for s in samples + rejected:
+        assert s.provenance.feedback_mode == mode
+        assert s.provenance.model == "smollm2"
+        if s.status == "failed":
+            assert s.reason
+            continue
+        assert s.judgement is not None and 1 <= s.judgement.mean <= 5
+        assert set(s.judgement.scores) == {
+            "helpfulness",
+            "instruction_following",
+            "correctness",
+            "clarity",
+        }
+        if mode == "none":
+            assert s.response == s.first_response and s.revisions == 0
+    manifest = Manifest.model_validate_json((out / "run.json").read_text())
+    stats = manifest.stats
+    assert manifest.status == "finished"
+    assert stats.accepted == len(samples)
+    assert stats.usage.calls >= len(samples) + len(rejected)
+    feedback = list(Ledger(out / "feedback.jsonl").read(ReferenceFeedback))
+    n_candidates = len(samples) + len(rejected)
+    if mode == "reference":
+        # Fixed per reference (2 analysis + 1 distillation), whatever the sample count.
+        ok_refs = [d for d in done if d.error is None]
+        assert len(feedback) == len(ok_refs)
+        assert all(d.usage.feedback_calls == 3 for d in ok_refs), [d.usage for d in done]
+    elif mode == "sample":
+        assert feedback == []
+        with_feedback = [s for s in samples + rejected if s.sample_feedback is not None]
+        assert stats.usage.feedback_calls == len(with_feedback) <= n_candidates
+    else:
+        assert feedback == [] and stats.usage.feedback_calls == 0
