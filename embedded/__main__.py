@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -41,13 +41,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    stop = threading.Event()
+    def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
 
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    # SIGTERM should clean up like Ctrl-C does.
-    signal.signal(signal.SIGTERM, _on_signal)
+    # SIGTERM cleans up like Ctrl-C does (also while the server is still starting).
+    signal.signal(signal.SIGTERM, _on_sigterm)
     server = EmbeddedServer(
         host=args.host,
         port=args.port,
@@ -65,11 +63,10 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
         try:
-            while not stop.is_set():
-                if not server.running:
-                    print("embedded vLLM exited unexpectedly", file=sys.stderr)
-                    return 1
-                stop.wait(1.0)
+            while server.running:
+                time.sleep(1.0)
+            print(f"embedded vLLM exited unexpectedly (log: {server.log_path})", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             pass
         print("stopping embedded vLLM …", file=sys.stderr, flush=True)

@@ -73,6 +73,15 @@ def find_free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def _tail_file(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -267,7 +276,15 @@ class EmbeddedServer:
         if self._command is None and not vllm_available():
             raise EmbeddedServerError(CPU_EXTRA_HINT)
 
-        port = self._requested_port or find_free_port(self._host)
+        if self._requested_port is not None:
+            port = self._requested_port
+            if not _port_is_free(self._host, port):
+                raise EmbeddedServerError(
+                    f"port {port} on {self._host} is already in use; "
+                    "pick another or leave the port unset to get a free one"
+                )
+        else:
+            port = find_free_port(self._host)
         if self._command is not None:
             cmd = list(self._command)
         else:
@@ -284,17 +301,21 @@ class EmbeddedServer:
 
         self._log(
             f"starting embedded vLLM (SmolLM2-135M-Instruct on CPU) on {self.root_url} … "
-            f"this takes ~30 s (log: {self._log_path})"
+            f"this takes ~40 s (log: {self._log_path})"
         )
         started = time.monotonic()
-        self._proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_handle,
-            stderr=subprocess.STDOUT,
-            env=self.build_env(),
-            start_new_session=True,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_handle,
+                stderr=subprocess.STDOUT,
+                env=self.build_env(),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.stop()
+            raise EmbeddedServerError(f"could not run {cmd[0]!r}: {exc}") from exc
         atexit.register(self.stop)
         try:
             self._wait_ready(started)

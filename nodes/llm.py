@@ -29,7 +29,7 @@ from state.records import Usage
 log = structlog.get_logger("refed.llm")
 
 T = TypeVar("T", bound=BaseModel)
-ErrorKind = Literal["length", "parse", "http", "timeout", "connection", "config"]
+ErrorKind = Literal["length", "parse", "filtered", "http", "timeout", "connection", "config"]
 Messages = Sequence[dict[str, str]]
 
 
@@ -108,12 +108,27 @@ def _retry_after(exc: BaseException) -> float | None:
         return None
 
 
+_RETRYABLE_STATUS = frozenset({408, 409})
+"""Status codes worth another try besides 429 and 5xx (as the openai SDK's own policy)."""
+
+
 def _classify(exc: BaseException) -> ErrorKind:
-    if isinstance(exc, openai.APITimeoutError | asyncio.TimeoutError):
+    if isinstance(exc, openai.APITimeoutError):
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):
         return "connection"
     return "http"
+
+
+def _finish_error(exc: openai.OpenAIError) -> tuple[LLMError, int, int]:
+    """ChatOpenAI's parse path raises on a cut-off or filtered structured answer."""
+    completion = getattr(exc, "completion", None)
+    usage = getattr(completion, "usage", None)
+    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+    done = int(getattr(usage, "completion_tokens", 0) or 0)
+    if isinstance(exc, openai.LengthFinishReasonError):
+        return LLMError("length", "output cut off at max_tokens"), prompt, done
+    return LLMError("filtered", "the server's content filter stopped the answer"), prompt, done
 
 
 class LLMClient:
@@ -135,11 +150,20 @@ class LLMClient:
         self.backoff_cap = backoff_cap
         self.name = name
         self.concurrency = concurrency
-        self._limiter = asyncio.Semaphore(concurrency)
+        self._limiters: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         self.meter = Meter()
 
+    def _limiter(self) -> asyncio.Semaphore:
+        """The limiter for the running loop (a semaphore belongs to one event loop)."""
+        loop = asyncio.get_running_loop()
+        limiter = self._limiters.get(loop)
+        if limiter is None:
+            self._limiters = {lp: s for lp, s in self._limiters.items() if not lp.is_closed()}
+            limiter = self._limiters[loop] = asyncio.Semaphore(self.concurrency)
+        return limiter
+
     async def _invoke(self, messages: Messages, **kwargs: Any) -> AIMessage:
-        async with self._limiter:
+        async with self._limiter():
             self.meter.in_flight += 1
             self.meter.requests += 1
             try:
@@ -186,7 +210,20 @@ class LLMClient:
                 continue
             except openai.APIStatusError as exc:
                 usage.failed_calls += 1
-                raise LLMError("http", f"HTTP {exc.status_code}: {exc.message}", usage) from exc
+                last = LLMError("http", f"HTTP {exc.status_code}: {exc.message}", usage)
+                if exc.status_code not in _RETRYABLE_STATUS:
+                    raise last from exc
+                if attempt < self.max_retries:
+                    await self._backoff(attempt, exc)
+                continue
+            except (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError) as exc:
+                usage.failed_calls += 1
+                last, prompt_tokens, completion_tokens = _finish_error(exc)
+                usage.prompt_tokens += prompt_tokens
+                usage.completion_tokens += completion_tokens
+                last.usage = usage
+                log.debug("llm_retry", task=task, attempt=attempt, error=last.message)
+                continue
             meta: dict[str, Any] = dict(msg.usage_metadata or {})
             usage.prompt_tokens += int(meta.get("input_tokens", 0))
             usage.completion_tokens += int(meta.get("output_tokens", 0))

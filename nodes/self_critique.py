@@ -70,7 +70,7 @@ async def self_critique(state: CandidateState, runtime: Runtime[RefedContext]) -
             task="refine",
             temperature=ctx.temperature,
             max_tokens=ctx.max_tokens,
-            seed=derive_seed(ctx.seed, ref.id, "refine", inst.index, state.revisions),
+            seed=derive_seed(ctx.seed, ref.id, "refine", inst.index, state.revisions + revising),
         )
     except LLMError as exc:
         return {**update, "usage": usage + exc.usage, "error": f"refine: {exc}"}

@@ -29,10 +29,15 @@ TOP_UP_ROUNDS = 1
 """Extra rounds asking for the shortfall when calls returned fewer than asked."""
 
 
-def plan_calls(features: list[str | None], total: int) -> list[tuple[str | None, int]]:
-    """Spread ``total`` over features, round-robin, at most MAX_PER_CALL per call."""
+def plan_calls(
+    features: list[str | None], total: int, start: int = 0
+) -> list[tuple[str | None, int]]:
+    """Spread ``total`` evenly over features, from ``features[start]`` on (wrapping round),
+    at most MAX_PER_CALL per call. Features after the first ``total`` get nothing."""
     if not features:
         features = [None]
+    start %= len(features)
+    features = features[start:] + features[:start]
     shares = [
         total // len(features) + (1 if i < total % len(features) else 0)
         for i in range(len(features))
@@ -80,11 +85,13 @@ async def synthesis(state: ReferenceState, runtime: Runtime[RefedContext]) -> di
     seen = {_norm(ref.instruction)}
     kept: list[tuple[str, str | None]] = []
     wanted = ctx.per_reference
+    start = 0  # a top-up round starts at the features the first round left out
     for round_ in range(1 + TOP_UP_ROUNDS):
         missing = wanted - len(kept)
         if missing <= 0:
             break
-        jobs = plan_calls(features, missing)
+        jobs = plan_calls(features, missing, start)
+        start += len(jobs)
         results = await asyncio.gather(
             *(ask(f, n, round_, i) for i, (f, n) in enumerate(jobs)), return_exceptions=True
         )

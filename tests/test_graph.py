@@ -204,7 +204,9 @@ async def test_one_failing_respond_fails_only_its_candidate(run: Run) -> None:
         return "A fine answer."
 
     out, script = await run(
-        {"InstructionsOut": by_feature, "respond": answer}, feedback_mode="reference", per_reference=3
+        {"InstructionsOut": by_feature, "respond": answer},
+        feedback_mode="reference",
+        per_reference=3,
     )
     assert out.get("error") is None
     cands = {c.feature: c for c in out["candidates"]}
@@ -266,3 +268,40 @@ async def test_synthesis_failure_gives_no_candidates(run: Run, mode: str) -> Non
     assert out["candidates"] == []
     assert out["error"].startswith("synthesis produced no new instruction")
     assert script.count("respond") == 0
+
+
+def length_error() -> openai.LengthFinishReasonError:
+    """What ChatOpenAI raises for a structured call cut off at max_tokens."""
+    from openai.types.chat import ChatCompletion
+
+    completion = ChatCompletion.model_validate(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": '{"rationale": "cut'},
+                    "finish_reason": "length",
+                }
+            ],
+        }
+    )
+    return openai.LengthFinishReasonError(completion=completion)
+
+
+async def test_truncated_structured_answer_fails_only_its_candidate(run: Run) -> None:
+    def judge(messages: list[BaseMessage], kwargs: dict[str, Any]) -> Any:
+        if "kitchen chemistry" in str(messages[-1].content):
+            return length_error()
+        return LOW_JUDGE | {"helpfulness": 5, "clarity": 5, "correctness": 5}
+
+    out, _ = await run(
+        {"InstructionsOut": by_feature, "JudgeOut": judge}, feedback_mode="reference"
+    )
+    cands = {c.feature: c for c in out["candidates"]}
+    assert cands["kitchen chemistry"].status == "failed"
+    assert cands["kitchen chemistry"].reason.startswith("metric_judge: length:")  # type: ignore[union-attr]
+    assert cands["food safety"].status == "accepted"

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -21,6 +25,7 @@ from nodes.llm import (
     client_for,
     derive_seed,
     json_schema_format,
+    openai_chat_model,
     register_client,
     unregister_client,
 )
@@ -67,7 +72,10 @@ def failing_then(errors: list[BaseException], answer: Any) -> Any:
 
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record the delays nodes.llm sleeps for, without sleeping."""
+    """Record the delays nodes.llm sleeps for, without sleeping.
+
+    nodes.llm calls ``asyncio.sleep`` through the module, so this patches it for the test.
+    """
     delays: list[float] = []
 
     async def fake_sleep(delay: float, *args: Any) -> None:
@@ -159,8 +167,6 @@ async def test_structured_length_is_retried_then_length_error() -> None:
 
 
 async def test_structured_length_even_with_valid_json_is_not_accepted() -> None:
-    import json
-
     script = Script(answers={"JudgeOut": (json.dumps(GOOD_JUDGE), "length")})
     client = make_client(script, max_retries=1)
     with pytest.raises(LLMError) as info:
@@ -309,6 +315,7 @@ async def test_bad_request_is_not_retried(sleeps: list[float]) -> None:
 class SlowModel(BaseChatModel):
     """Awaits on every call and records how many calls were in flight at once."""
 
+    delay: float = 0.05
     active: int = 0
     peak: int = 0
     total: int = 0
@@ -327,7 +334,7 @@ class SlowModel(BaseChatModel):
         self.total += 1
         self.peak = max(self.peak, self.active)
         try:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(self.delay)
         finally:
             self.active -= 1
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content="done"))])
@@ -337,10 +344,7 @@ async def test_limiter_bounds_concurrency() -> None:
     model = SlowModel()
     client = LLMClient(model, concurrency=3, max_retries=0)
     replies = await asyncio.gather(
-        *(
-            client.text(TEXT_MESSAGES, task="t", temperature=0, max_tokens=5)
-            for _ in range(12)
-        )
+        *(client.text(TEXT_MESSAGES, task="t", temperature=0, max_tokens=5) for _ in range(12))
     )
     assert [r.text for r in replies] == ["done"] * 12
     assert model.total == 12
@@ -355,7 +359,7 @@ async def test_without_a_tight_limit_calls_do_overlap() -> None:
     await asyncio.gather(
         *(client.text(TEXT_MESSAGES, task="t", temperature=0, max_tokens=5) for _ in range(8))
     )
-    assert model.peak == 8
+    assert model.peak > 3
 
 
 # ------------------------------------------------------------------------ feedback accounting
@@ -421,8 +425,7 @@ def test_derive_seed_is_stable_distinct_and_in_range() -> None:
     import hashlib
 
     expected = (
-        int.from_bytes(hashlib.sha256(b"0\x00ref\x00respond\x001").digest()[:4], "big")
-        & 0x7FFFFFFF
+        int.from_bytes(hashlib.sha256(b"0\x00ref\x00respond\x001").digest()[:4], "big") & 0x7FFFFFFF
     )
     assert a == expected
 
@@ -535,3 +538,97 @@ def test_client_for_builds_one_client_per_endpoint() -> None:
     finally:
         unregister_client("http://127.0.0.1:9/v1|m-test")
         unregister_client("http://127.0.0.1:9/v1|m-other")
+
+
+# ------------------------------------------------------------------------ a real OpenAI client
+
+
+class _CannedHandler(BaseHTTPRequestHandler):
+    """Answers every chat completion with ``server.content`` / ``server.finish``."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        server: Any = self.server
+        server.requests += 1
+        body = {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": server.content},
+                    "finish_reason": server.finish,
+                }
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def canned_server() -> Iterator[Any]:
+    server: Any = ThreadingHTTPServer(("127.0.0.1", 0), _CannedHandler)
+    server.requests = 0
+    server.content = json.dumps(GOOD_JUDGE)
+    server.finish = "stop"
+    server.base_url = f"http://127.0.0.1:{server.server_port}/v1"
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def _real_client(base_url: str) -> LLMClient:
+    chat = openai_chat_model(base_url, "m", "key", timeout=5.0)
+    return LLMClient(chat, concurrency=2, max_retries=1, backoff_base=0.0)
+
+
+async def test_real_openai_client_structured_success(canned_server: Any) -> None:
+    """Control for the test below: the harness itself works."""
+    client = _real_client(canned_server.base_url)
+    reply = await client.structured(MESSAGES, JudgeOut, task="judge", temperature=0, max_tokens=9)
+    assert reply.value.helpfulness == 5
+    assert (reply.usage.calls, reply.usage.prompt_tokens) == (1, 10)
+    assert canned_server.requests == 1
+
+
+async def test_real_openai_client_structured_length_is_an_llm_error(canned_server: Any) -> None:
+    canned_server.content = '{"rationale": "cut'
+    canned_server.finish = "length"
+    client = _real_client(canned_server.base_url)
+    with pytest.raises(LLMError) as info:
+        await client.structured(MESSAGES, JudgeOut, task="judge", temperature=0, max_tokens=9)
+    assert info.value.kind == "length"
+    assert info.value.usage.calls == 2
+    assert canned_server.requests == 2
+
+
+async def test_real_openai_client_structured_content_filter_is_an_llm_error(
+    canned_server: Any,
+) -> None:
+    canned_server.finish = "content_filter"
+    client = _real_client(canned_server.base_url)
+    with pytest.raises(LLMError):
+        await client.structured(MESSAGES, JudgeOut, task="judge", temperature=0, max_tokens=9)
+
+
+async def test_real_openai_client_text_length_is_an_llm_error(canned_server: Any) -> None:
+    canned_server.content = "An answer that was cut"
+    canned_server.finish = "length"
+    client = _real_client(canned_server.base_url)
+    with pytest.raises(LLMError) as info:
+        await client.text(TEXT_MESSAGES, task="respond", temperature=0, max_tokens=9)
+    assert info.value.kind == "length"
+    assert canned_server.requests == 1

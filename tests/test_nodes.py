@@ -321,7 +321,9 @@ async def test_synthesis_drops_duplicates_and_reference_copies(make_runtime: Mak
             ]
         }
 
-    runtime, script = make_runtime({"InstructionsOut": answer}, feedback_mode="none", per_reference=4)
+    runtime, script = make_runtime(
+        {"InstructionsOut": answer}, feedback_mode="none", per_reference=4
+    )
     update = await synthesis(ReferenceState(reference=REF), runtime)
     assert [asked_count(c) for c in script.calls] == [4, 2]
     assert [i.text for i in update["instructions"]] == [
@@ -415,6 +417,7 @@ async def test_synthesis_partial_failure_keeps_the_rest(make_runtime: MakeRuntim
     assert len(update["instructions"]) == 3
     assert feats == [FEATURES[0], FEATURES[2], FEATURES[0]]
     assert update["usage"].failed_calls == 2
+    assert len(script.calls) == 5  # 3 jobs + 1 retry, then 1 top-up job
 
 
 # ------------------------------------------------------------------ respond
@@ -518,7 +521,9 @@ async def test_self_critique_revision_adds_judge_notes(
     assert "- Keep it short.\n- An evaluator said: It skips the why." in text
     assert "Refined once." in text
     assert update["revisions"] == revisions + 1
-    assert script.calls[0].kwargs["seed"] == derive_seed(0, REF.id, "refine", NEW.index, revisions)
+    # Each refine round has its own seed: the first refine uses 0, revision k uses k.
+    seed = derive_seed(0, REF.id, "refine", NEW.index, revisions + 1)
+    assert script.calls[0].kwargs["seed"] == seed
 
 
 async def test_self_critique_refine_failure_keeps_feedback_and_usage(
@@ -527,6 +532,7 @@ async def test_self_critique_refine_failure_keeps_feedback_and_usage(
     runtime, script = make_runtime({"refine": ("cut", "length")}, feedback_mode="sample")
     update = await self_critique(candidate_state(feedback=None), runtime)
     assert update["error"] == "refine: length: answer cut off at max_tokens"
+    assert [c.task for c in script.calls] == ["SampleFeedbackOut", "refine"]
     assert update["sample_feedback"] == "- Clear.\n- Add an example."
     assert "response" not in update
     usage: Usage = update["usage"]
