@@ -31,7 +31,10 @@ from state.graph_state import CandidateInput, CandidateOutput, CandidateState, R
 
 
 def _start(state: ReferenceState, runtime: Runtime[RefedContext]) -> str:
-    return "reference_analysis" if runtime.context.feedback_mode == "reference" else "synthesis"
+    """Feedback is collected in reference mode, unless the input already carries it (cache)."""
+    if runtime.context.feedback_mode == "reference" and state.feedback is None:
+        return "reference_analysis"
+    return "synthesis"
 
 
 def _ok_or_end(next_node: str) -> Any:

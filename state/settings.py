@@ -55,6 +55,41 @@ class RefedSettings(BaseSettings):
     max_tokens: int = Field(default=512, ge=16, description="Completion cap for free text.")
     seed: int = Field(default=0, description="Base seed; each request derives its own.")
 
+    # --- the metric judge ---------------------------------------------------------------
+    judge_base_url: str | None = Field(
+        default=None, description="The judge's own endpoint (…/v1); default: the generator's."
+    )
+    judge_model: str | None = Field(
+        default=None, description="The judge's model; default: the generator's."
+    )
+    judge_concurrency: int | None = Field(
+        default=None, ge=1, description="Judge requests in flight (own endpoint or model only)."
+    )
+    judge_criteria: str = Field(
+        default="instruction",
+        description="Criteria set: a built-in name (instruction, summeval, topical_chat, "
+        "data2text) or a TOML file.",
+    )
+    judge_logprobs: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description="Top log-probabilities asked per token; scores become expectations over "
+        "the scale. 0: use the sampled score.",
+    )
+    judge_rationale_chars: int = Field(
+        default=300, ge=0, le=1000, description="Cap on the judge's rationale (0: score only)."
+    )
+    judge_per_criterion: bool = Field(
+        default=False,
+        description="One judge call per criterion instead of one call scoring all of them.",
+    )
+    pairwise_filter: bool = Field(
+        default=False,
+        description="Also require the improved response to beat the first one (pairwise, "
+        "asked in both orders): the paper's filter.",
+    )
+
     # --- the batch run ------------------------------------------------------------
     seeds: str | None = Field(default=None, description="Seed file, folder or hf:NAME.")
     out: Path = Field(default=Path("runs/default"), description="Run folder.")
@@ -68,6 +103,22 @@ class RefedSettings(BaseSettings):
     on_bad_record: Literal["fail", "skip"] = Field(default="fail")
     force_new: bool = Field(default=False, description="Start over in an existing run folder.")
     durability: Literal["sync", "async", "exit"] = Field(default="async")
+
+    # --- the service (python -m serve) ----------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Service bind address.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Service port.")
+    service_token: SecretStr | None = Field(
+        default=None, description="Bearer token the service requires (unset: no auth)."
+    )
+    service_db: Path = Field(
+        default=Path("runs/service.sqlite"),
+        description="SQLite file for the service's feedback cache and checkpoints.",
+    )
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body.")
+    max_samples_per_request: int = Field(default=20, ge=1, le=200)
+    max_in_flight_requests: int = Field(
+        default=8, ge=1, description="Synthesis requests at once; more get 503 + Retry-After."
+    )
     log_level: str = Field(default="info")
 
     @classmethod
@@ -90,6 +141,12 @@ class RefedSettings(BaseSettings):
         "max_revisions",
         "temperature",
         "judge_temperature",
+        "judge_model",
+        "judge_criteria",
+        "judge_logprobs",
+        "judge_rationale_chars",
+        "judge_per_criterion",
+        "pairwise_filter",
         "max_tokens",
         "seed",
     )
@@ -99,8 +156,9 @@ class RefedSettings(BaseSettings):
 
     def public_dump(self) -> dict[str, Any]:
         """Everything but secrets, JSON-ready."""
-        data = self.model_dump(mode="json", exclude={"api_key"})
+        data = self.model_dump(mode="json", exclude={"api_key", "service_token"})
         data["api_key_set"] = self.api_key.get_secret_value() not in ("", "EMPTY")
+        data["service_token_set"] = self.service_token is not None
         return data
 
 

@@ -1,0 +1,1 @@
+"""The HTTP service for on-demand synthesis (``python -m serve``)."""

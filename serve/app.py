@@ -1,0 +1,371 @@
+"""The HTTP service: on-demand synthesis over the same graph and settings as the batch job.
+
+POST /v1/synthesize          one reference in, judged samples out
+POST /v1/synthesize/stream   the same as server-sent events (progress, sample, done)
+GET  /v1/feedback/{id}       the cached reference-level feedback
+GET  /healthz /readyz /metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import structlog
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from graph.builder import compile_graph
+from graph.checkpoint import sqlite_saver
+from graph.logs import redact
+from nodes.llm import LLMClient, openai_chat_model, register_client, unregister_client
+from serve.feedback_cache import FeedbackCache
+from serve.metrics import ServiceMetrics
+from serve.synthesis import Event, synthesize
+from state.api import ErrorBody, FeedbackView, Health, SynthesizeRequest, SynthesizeResponse
+from state.context import RefedContext
+from state.settings import RefedSettings
+
+log = structlog.get_logger("refed.serve")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    413: {"model": ErrorBody, "description": "Body larger than max_body_bytes."},
+    422: {"model": ErrorBody, "description": "Invalid request body."},
+    502: {"model": ErrorBody, "description": "The LLM server answered with an error."},
+    503: {
+        "model": ErrorBody,
+        "description": "Too many requests in flight, or the LLM server "
+        "is unreachable (see Retry-After).",
+    },
+    504: {"model": ErrorBody, "description": "The LLM server timed out."},
+}
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over ``limit`` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _send_json(
+                send, 413, {"error": "body_too_large", "detail": f"body over {self.limit} bytes"}
+            )
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _send_json(
+                send, 413, {"error": "body_too_large", "detail": f"body over {self.limit} bytes"}
+            )
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _llm_status(error: str) -> int:
+    """HTTP status for an LLM-side failure: unreachable 503, timeout 504, else 502."""
+    if "connection:" in error:
+        return 503
+    if "timeout:" in error:
+        return 504
+    return 502
+
+
+def create_app(
+    settings: RefedSettings,
+    *,
+    base_url: str,
+    model: str,
+    client: LLMClient | None = None,
+) -> FastAPI:
+    """The service app; ``client`` replaces the OpenAI-compatible one (tests)."""
+    metrics = ServiceMetrics()
+    llm = client or LLMClient(
+        openai_chat_model(
+            base_url, model, settings.api_key.get_secret_value(), timeout=settings.timeout
+        ),
+        concurrency=settings.concurrency,
+        max_retries=settings.max_retries,
+    )
+    client_key = f"serve:{id(llm)}"
+    cache = FeedbackCache(settings.service_db, model)
+    token = settings.service_token.get_secret_value() if settings.service_token else None
+    gate = asyncio.Semaphore(settings.max_in_flight_requests)
+    shared: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        register_client(client_key, llm)
+        await cache.open()
+        checkpoints = settings.service_db.with_name(
+            settings.service_db.stem + "-checkpoints.sqlite"
+        )
+        async with sqlite_saver(checkpoints) as saver:
+            shared["graph"] = compile_graph(saver)
+            shared["saver"] = saver
+            log.info("service_ready", base_url=base_url, model=model)
+            yield
+        await cache.close()
+        unregister_client(client_key)
+
+    app = FastAPI(
+        title="Refed",
+        version="0.1.0",
+        summary="On-demand synthesis of judged instruction data from a reference pair, "
+        "with reference-level feedback.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    base_context = RefedContext.from_settings(
+        settings, base_url=base_url, model=model, client_key=client_key
+    )
+
+    bearer = HTTPBearer(auto_error=False)
+
+    async def require_token(
+        creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        if token is None:
+            return
+        if creds is None or not secrets.compare_digest(creds.credentials, token):
+            raise HTTPException(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        body = ErrorBody(error=_error_name(exc.status_code), detail=str(exc.detail))
+        return JSONResponse(body.model_dump(), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        return JSONResponse(ErrorBody(error="invalid_request", detail=detail).model_dump(), 422)
+
+    @app.middleware("http")
+    async def count(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        route = (
+            request.url.path
+            if not request.url.path.startswith("/v1/feedback/")
+            else "/v1/feedback/{id}"
+        )
+        started = time.perf_counter()
+        response = await call_next(request)
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    def check_limits(req: SynthesizeRequest) -> None:
+        if req.samples > settings.max_samples_per_request:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("body", "samples"),
+                        "msg": f"at most {settings.max_samples_per_request} samples per request",
+                        "type": "value_error",
+                    }
+                ]
+            )
+
+    def enter_gate() -> None:
+        if gate.locked():
+            metrics.rejected_requests.labels("in_flight").inc()
+            raise HTTPException(
+                503,
+                f"{settings.max_in_flight_requests} requests in flight; retry later",
+                headers={"Retry-After": "1"},
+            )
+
+    async def run(req: SynthesizeRequest) -> AsyncIterator[Event]:
+        async with gate:
+            metrics.in_flight.inc()
+            try:
+                async for event in synthesize(shared["graph"], cache, base_context, req):
+                    if event.name == "done":
+                        done = SynthesizeResponse.model_validate(event.data)
+                        metrics.add_usage(done.usage)
+                        metrics.cache.labels("hit" if done.feedback_cached else "miss").inc()
+                        for s in done.samples + done.rejected:
+                            metrics.samples.labels(s.status).inc()
+                    yield event
+            finally:
+                metrics.in_flight.dec()
+
+    @app.post(
+        "/v1/synthesize",
+        response_model=SynthesizeResponse,
+        responses=ERRORS,
+        dependencies=[Depends(require_token)],
+        tags=["synthesis"],
+    )
+    async def synthesize_once(req: SynthesizeRequest, request: Request) -> Any:
+        """Derive new judged samples from one reference pair."""
+        check_limits(req)
+        enter_gate()
+
+        async def work() -> SynthesizeResponse:
+            last: Event | None = None
+            async for event in run(req):
+                last = event
+            assert last is not None and last.name == "done"
+            return SynthesizeResponse.model_validate(last.data)
+
+        task = asyncio.create_task(work())
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                break
+            if await request.is_disconnected():
+                task.cancel()
+                log.info("client_disconnected", path="/v1/synthesize")
+                return Response(status_code=499)
+        result = task.result()
+        if result.error and not result.samples and not result.rejected:
+            status = _llm_status(result.error)
+            return JSONResponse(
+                ErrorBody(error="llm_failed", detail=redact(result.error)).model_dump(),
+                status,
+                headers={"Retry-After": "5"} if status == 503 else None,
+            )
+        return result
+
+    @app.post(
+        "/v1/synthesize/stream",
+        responses={
+            **ERRORS,
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "Server-sent events: `progress` {node}, `sample` (a Sample), "
+                "and last `done` (a SynthesizeResponse).",
+            },
+        },
+        dependencies=[Depends(require_token)],
+        tags=["synthesis"],
+    )
+    async def synthesize_stream(req: SynthesizeRequest) -> StreamingResponse:
+        """The same as /v1/synthesize, as server-sent events while the work goes on."""
+        check_limits(req)
+        enter_gate()
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                async for event in run(req):
+                    yield f"event: {event.name}\ndata: {json.dumps(event.data)}\n\n".encode()
+            except Exception as exc:  # the stream has started: report in-band
+                log.error("stream_failed", error=redact(repr(exc)))
+                yield f"event: error\ndata: {json.dumps({'error': 'internal'})}\n\n".encode()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.get(
+        "/v1/feedback/{reference_id}",
+        response_model=FeedbackView,
+        responses={404: {"model": ErrorBody}, 401: ERRORS[401]},
+        dependencies=[Depends(require_token)],
+        tags=["synthesis"],
+    )
+    async def get_feedback(reference_id: str) -> FeedbackView:
+        """The cached reference-level feedback for a reference id (this model, these prompts)."""
+        feedback = await cache.by_reference_id(reference_id)
+        if feedback is None:
+            raise HTTPException(404, f"no cached feedback for reference {reference_id!r}")
+        return FeedbackView(
+            reference_id=reference_id,
+            model=model,
+            prompt_version=cache.prompt_version,
+            feedback=feedback,
+        )
+
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    async def healthz() -> Health:
+        """The process is up."""
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["operations"]
+    )
+    async def readyz() -> Any:
+        """The LLM server answers."""
+        try:
+            async with httpx.AsyncClient(timeout=5) as http:
+                r = await http.get(base_url.rstrip("/") + "/models")
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            return JSONResponse(
+                Health(status="unavailable", detail=redact(f"LLM server: {exc}")).model_dump(), 503
+            )
+        return Health(status="ok")
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
+    async def prometheus() -> Response:
+        """Prometheus metrics: requests, latency, LLM calls, tokens, cache hits, in flight."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.state.metrics = metrics
+    return app
+
+
+def _error_name(status: int) -> str:
+    return {
+        401: "unauthorized",
+        404: "not_found",
+        413: "body_too_large",
+        429: "too_many_requests",
+        503: "unavailable",
+    }.get(status, "error")
