@@ -1,9 +1,9 @@
 """A fake OpenAI-compatible chat server for tests and benchmarks.
 
 It sleeps a set latency, then answers ``/v1/chat/completions``: for a
-``response_format`` json_schema request, the smallest JSON that satisfies the
-schema (strings filled to their ``minLength``, lists to ``minItems``, the first
-enum value), varied by the request so instructions differ; otherwise a short
+``response_format`` json_schema request, a small JSON that satisfies the
+schema (strings filled to their ``minLength``, lists to ``maxItems`` up to 10,
+the last enum value), varied by the request so instructions differ; otherwise a short
 text. It reports its own CPU time at ``/stats`` so a benchmark can show it is
 not the bottleneck.
 
@@ -42,7 +42,8 @@ def instance(schema: dict[str, Any], defs: dict[str, Any], salt: str) -> Any:
         props = schema.get("properties", {})
         return {k: instance(v, defs, f"{salt}.{k}") for k, v in props.items()}
     if kind == "array":
-        n = max(schema.get("minItems", 1), min(schema.get("maxItems", 3), 3))
+        # As many items as allowed (up to 10): a model asked for N items gives N.
+        n = max(schema.get("minItems", 1), min(schema.get("maxItems", 3), 10))
         return [instance(schema.get("items", {}), defs, f"{salt}.{i}") for i in range(n)]
     if kind == "string":
         text = f"fake {hashlib.sha1(salt.encode()).hexdigest()[:10]} text"

@@ -15,6 +15,7 @@ import contextlib
 import math
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from graph.logs import add_secret, configure_logging, redact
 from graph.progress import Progress
 from graph.runfolder import Manifest, RunConfigMismatch, RunFolder
 from graph.seeds import SeedError, read_seeds
-from nodes.llm import LLMClient, openai_chat_model, register_client, unregister_client
+from nodes.llm import LLMClient, openai_transport, register_client, unregister_client
 from state.context import RefedContext
 from state.graph_state import ReferenceState
 from state.records import (
@@ -47,6 +48,9 @@ from state.records import (
 from state.settings import RefedSettings, add_settings_flags, settings_from_args
 
 log = structlog.get_logger("refed.run")
+
+MANIFEST_EVERY = 1.0
+"""Seconds between run.json rewrites while running (resume reads the ledgers, not these)."""
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Runner:
         context: RefedContext,
         settings: RefedSettings,
         client: LLMClient,
+        judge_client: LLMClient | None = None,
     ) -> None:
         self.app = app
         self.folder = folder
@@ -83,8 +88,10 @@ class Runner:
         self.context = context
         self.settings = settings
         self.client = client
+        self.judge_client = judge_client
         self.failed: list[str] = []
         self.progress: Progress | None = None
+        self._manifest_at = 0.0
 
     def _provenance(self, ref: Reference) -> Provenance:
         return Provenance(
@@ -97,10 +104,12 @@ class Runner:
         )
 
     def _write_candidates(self, ref: Reference, candidates: list[Any]) -> None:
+        fresh = [Candidate.model_validate(c) for c in candidates]
+        fresh = [c for c in fresh if c.sample_id not in self.folder.sample_ids]
+        if not fresh:
+            return
         prov = self._provenance(ref)
-        samples = [
-            Sample(**Candidate.model_validate(c).model_dump(), provenance=prov) for c in candidates
-        ]
+        samples = [Sample(**c.model_dump(), provenance=prov) for c in fresh]
         accepted, rejected = self.folder.add_samples(samples)
         if self.progress is not None and (accepted or rejected):
             self.progress.update(accepted=accepted, rejected=rejected)
@@ -153,6 +162,11 @@ class Runner:
         if values.get("error"):
             log.warning("reference_error", reference_id=ref.id, error=values["error"])
 
+    def requests(self) -> int:
+        """LLM requests made by this process, the judge's own client included."""
+        judge = self.judge_client.meter.requests if self.judge_client is not None else 0
+        return self.client.meter.requests + judge
+
     async def worker(self, queue: asyncio.Queue[Reference]) -> None:
         while not self._target_reached():
             try:
@@ -171,8 +185,11 @@ class Runner:
             finally:
                 if self.progress is not None:
                     self.progress.update(refs=1)
-                self.manifest.stats = self.folder.stats(self.client.meter.requests)
-                self.folder.write_manifest(self.manifest)
+                now = time.monotonic()
+                if now - self._manifest_at >= MANIFEST_EVERY:  # and always at the end
+                    self._manifest_at = now
+                    self.manifest.stats = self.folder.stats(self.requests())
+                    self.folder.write_manifest(self.manifest)
 
     async def run(self, references: list[Reference]) -> None:
         todo = [r for r in references if r.id not in self.folder.done]
@@ -196,10 +213,35 @@ class Runner:
 
 
 def _client_from_settings(settings: RefedSettings, base_url: str, model: str) -> LLMClient:
-    chat = openai_chat_model(
+    chat = openai_transport(
         base_url, model, settings.api_key.get_secret_value(), timeout=settings.timeout
     )
     return LLMClient(chat, concurrency=settings.concurrency, max_retries=settings.max_retries)
+
+
+def _judge_client(
+    settings: RefedSettings, base_url: str | None, key: str
+) -> tuple[str | None, LLMClient | None]:
+    """The judge's own client (own endpoint or model, own limiter), registered; or none."""
+    if settings.judge_base_url is None and settings.judge_model is None:
+        return None, None
+    judge_url = settings.judge_base_url or base_url
+    if judge_url is None:
+        raise ValueError("the judge needs judge_base_url or base_url")
+    chat = openai_transport(
+        judge_url,
+        settings.judge_model or settings.model,
+        settings.api_key.get_secret_value(),
+        timeout=settings.timeout,
+    )
+    client = LLMClient(
+        chat,
+        concurrency=settings.judge_concurrency or settings.concurrency,
+        max_retries=settings.max_retries,
+        name="judge",
+    )
+    register_client(key + ":judge", client)
+    return key + ":judge", client
 
 
 async def run_batch(
@@ -220,20 +262,27 @@ async def run_batch(
     )
     key = f"run:{manifest.run_id}:{id(client)}"
     register_client(key, client)
+    judge_key, judge_client = _judge_client(settings, base_url, key)
     context = RefedContext.from_settings(
-        settings, base_url=base_url, run_id=manifest.run_id, client_key=key
+        settings,
+        base_url=base_url,
+        run_id=manifest.run_id,
+        client_key=key,
+        judge_client_key=judge_key,
     )
     interrupted = False
     try:
         async with sqlite_saver(folder.checkpoints) as saver:
-            runner = Runner(compile_graph(saver), folder, manifest, context, settings, client)
+            runner = Runner(
+                compile_graph(saver), folder, manifest, context, settings, client, judge_client
+            )
             try:
                 await runner.run(references)
             except asyncio.CancelledError:
                 interrupted = True
                 raise
             finally:
-                manifest.stats = folder.stats(client.meter.requests)
+                manifest.stats = folder.stats(runner.requests())
                 done = len(folder.done) >= len(references) and not runner.failed
                 manifest.status = (
                     "interrupted"
@@ -243,7 +292,12 @@ async def run_batch(
                 folder.write_manifest(manifest)
     finally:
         unregister_client(key)
+        if judge_key is not None:
+            unregister_client(judge_key)
         folder.close()
+        for used in (client, judge_client):
+            if used is not None:
+                await used.aclose()
     return RunResult(settings.out, manifest, manifest.stats, runner.failed, interrupted)
 
 

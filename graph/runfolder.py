@@ -73,6 +73,8 @@ class RunFolder:
         self.done: dict[str, ReferenceDone] = {}
         self.accepted = 0
         self.rejected_count = 0
+        self.usage = Usage()
+        """Usage of the finished references, kept up to date (stats is O(1), not O(refs))."""
 
     # --- opening ------------------------------------------------------------------
     @classmethod
@@ -142,6 +144,8 @@ class RunFolder:
         for fb in self.feedback.read(ReferenceFeedback):
             self.feedback_ids.add(fb.reference_id)
         for done in self.references.read(ReferenceDone):
+            if done.reference_id not in self.done:
+                self.usage += done.usage
             self.done[done.reference_id] = done
 
     def write_schemas(self) -> None:
@@ -178,17 +182,18 @@ class RunFolder:
             ledger.sync()
         self.references.append([done])
         self.references.sync()
+        self._done(done)
+
+    def _done(self, done: ReferenceDone) -> None:
         self.done[done.reference_id] = done
+        self.usage += done.usage
 
     def stats(self, process_calls: int = 0) -> RunStats:
-        usage = Usage()
-        for done in self.done.values():
-            usage += done.usage
         return RunStats(
             references_done=len(self.done),
             accepted=self.accepted,
             rejected=self.rejected_count,
-            usage=usage,
+            usage=self.usage,
             process_calls=process_calls,
         ).finish()
 

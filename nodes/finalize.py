@@ -23,6 +23,12 @@ async def finalize(state: CandidateState) -> dict[str, Any]:
         status, reason = "failed", "no judgement"
     elif j.passed:
         status, reason = "accepted", None
+    elif j.pairwise is not None:
+        votes = ", ".join(j.pairwise.votes) or "identical texts"
+        status, reason = (
+            "rejected",
+            f"improved response did not beat the first (pairwise {j.pairwise.winner}: {votes})",
+        )
     else:
         status, reason = "rejected", f"judge mean {j.mean:.2f} under the bar"
     candidate = Candidate(

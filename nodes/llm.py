@@ -5,19 +5,28 @@ retries with exponential backoff and jitter (honouring ``Retry-After``),
 structured output by JSON schema, and token accounting. Failures come out as
 :class:`LLMError` with the usage spent, so a node can record them on the
 candidate instead of raising through the fan-out.
+
+The client sends through a :class:`Transport`. Two exist: :class:`HTTPTransport`,
+one JSON POST to ``/chat/completions`` on a shared aiohttp session (the default for
+a real endpoint: a tenth of the CPU per call of the openai SDK under langchain, see
+BENCHMARKS.md), and :class:`ChatModelTransport`, any langchain chat model (the
+scripted test model, or ``ChatOpenAI`` from :func:`openai_chat_model`). Both send the
+same request body and give the same answers, errors and retries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from functools import cache
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
-import openai
+import aiohttp
 import structlog
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
@@ -79,7 +88,9 @@ def derive_seed(base: int, *parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
+@cache
 def json_schema_format(schema: type[BaseModel]) -> dict[str, Any]:
+    """The ``response_format`` for ``schema`` (built once per schema: treat as read-only)."""
     return {
         "type": "json_schema",
         "json_schema": {
@@ -90,53 +101,256 @@ def json_schema_format(schema: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-_RETRYABLE = (
-    openai.APIConnectionError,  # includes APITimeoutError
-    openai.RateLimitError,
-    openai.InternalServerError,
-)
+@dataclass
+class Completion:
+    """One answer from the server, whichever transport brought it."""
+
+    content: str
+    finish_reason: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprobs: list[dict[str, Any]] | None = None
+    """OpenAI ``choices[0].logprobs.content`` when asked for."""
 
 
-def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    if response is None:
-        return None
-    value = response.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+class TransportError(Exception):
+    """A request that got no answer: retried by :class:`LLMClient` when ``retryable``."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Transport(Protocol):
+    """Sends one chat completion request; raises :class:`TransportError` when none came."""
+
+    async def complete(self, messages: Messages, params: dict[str, Any]) -> Completion: ...
+
+    async def aclose(self) -> None: ...
 
 
 _RETRYABLE_STATUS = frozenset({408, 409})
 """Status codes worth another try besides 429 and 5xx (as the openai SDK's own policy)."""
 
 
-def _classify(exc: BaseException) -> ErrorKind:
-    if isinstance(exc, openai.APITimeoutError):
-        return "timeout"
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection"
-    return "http"
+def _retryable_status(status: int) -> bool:
+    return status == 429 or status >= 500 or status in _RETRYABLE_STATUS
 
 
-def _finish_error(exc: openai.OpenAIError) -> tuple[LLMError, int, int]:
-    """ChatOpenAI's parse path raises on a cut-off or filtered structured answer."""
-    completion = getattr(exc, "completion", None)
-    usage = getattr(completion, "usage", None)
-    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-    done = int(getattr(usage, "completion_tokens", 0) or 0)
-    if isinstance(exc, openai.LengthFinishReasonError):
-        return LLMError("length", "output cut off at max_tokens"), prompt, done
-    return LLMError("filtered", "the server's content filter stopped the answer"), prompt, done
+def _parse_retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _request_body(model: str, messages: Messages, params: dict[str, Any]) -> dict[str, Any]:
+    """The body ChatOpenAI sends for the same call (``max_tokens`` as max_completion_tokens)."""
+    body: dict[str, Any] = {"model": model, "stream": False, "messages": list(messages)}
+    for key, value in params.items():
+        if value is None:
+            continue
+        body["max_completion_tokens" if key == "max_tokens" else key] = value
+    return body
+
+
+_OPENAI_ERROR_NAMES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    408: "RequestTimeoutError",
+    409: "ConflictError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+}
+
+
+class HTTPTransport:
+    """One JSON POST per call to ``{base_url}/chat/completions`` on a pooled aiohttp session.
+
+    A session belongs to an event loop, so there is one per running loop. Connections are
+    not capped here: :class:`LLMClient`'s limiter bounds the requests in flight.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str, *, timeout: float = 120.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self.model = model
+        self.timeout = timeout
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+
+    def _session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            self._sessions = {lp: s for lp, s in self._sessions.items() if not lp.is_closed()}
+            session = self._sessions[loop] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers=self._headers,
+            )
+        return session
+
+    async def complete(self, messages: Messages, params: dict[str, Any]) -> Completion:
+        payload = json.dumps(_request_body(self.model, messages, params)).encode()
+        try:
+            async with self._session().post(self.url, data=payload) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = _parse_retry_after(resp.headers.get("retry-after"))
+        except TimeoutError as exc:
+            raise TransportError(
+                "timeout", f"APITimeoutError: no answer in {self.timeout:g} s", retryable=True
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise TransportError(
+                "connection", f"APIConnectionError: {type(exc).__name__}: {exc}", retryable=True
+            ) from exc
+        if status >= 400:
+            raise _status_error(status, raw, retry_after)
+        try:
+            data = json.loads(raw)
+            choice = data["choices"][0]
+            message = choice.get("message") or {}
+            usage = data.get("usage") or {}
+            lp = choice.get("logprobs")
+            return Completion(
+                content=message.get("content") or "",
+                finish_reason=choice.get("finish_reason"),
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                logprobs=lp.get("content") if isinstance(lp, dict) else None,
+            )
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:
+            raise TransportError(
+                "http", f"unreadable answer (HTTP {status}): {raw[:200]!r}", retryable=True
+            ) from exc
+
+    async def aclose(self) -> None:
+        """Close the session of the running loop (others are dropped with their loops)."""
+        loop = asyncio.get_running_loop()
+        session = self._sessions.pop(loop, None)
+        if session is not None:
+            await session.close()
+
+
+def _status_error(status: int, raw: bytes, retry_after: float | None) -> TransportError:
+    detail = raw[:300].decode("utf-8", "replace")
+    try:
+        body = json.loads(raw)
+        err = body.get("error", body) if isinstance(body, dict) else body
+        detail = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
+    except ValueError:
+        pass
+    retryable = _retryable_status(status)
+    message = f"HTTP {status}: {detail}"
+    if retryable:
+        name = _OPENAI_ERROR_NAMES.get(status, "InternalServerError")
+        message = f"{name}: {message}"
+    return TransportError(
+        "http", message, retryable=retryable, status=status, retry_after=retry_after
+    )
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    return _parse_retry_after(response.headers.get("retry-after"))
+
+
+class ChatModelTransport:
+    """Any langchain chat model: ``ChatOpenAI``, or the scripted model of the tests.
+
+    openai SDK errors become :class:`TransportError`; ChatOpenAI's parse path raises on a
+    cut-off or filtered structured answer, which becomes a completion with that
+    ``finish_reason`` (and the tokens spent), as the HTTP transport reports it.
+    """
+
+    def __init__(self, chat_model: BaseChatModel) -> None:
+        self.chat_model = chat_model
+
+    async def complete(self, messages: Messages, params: dict[str, Any]) -> Completion:
+        import openai  # only this path needs the SDK's error types (a slow import)
+
+        retryable = (
+            openai.APIConnectionError,  # includes APITimeoutError
+            openai.RateLimitError,
+            openai.InternalServerError,
+        )
+        try:
+            msg = await self.chat_model.ainvoke(list(messages), **params)
+        except (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError) as exc:
+            completion = getattr(exc, "completion", None)
+            usage = getattr(completion, "usage", None)
+            length = isinstance(exc, openai.LengthFinishReasonError)
+            return Completion(
+                content="",
+                finish_reason="length" if length else "content_filter",
+                prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            )
+        except retryable as exc:
+            kind: ErrorKind = "http"
+            if isinstance(exc, openai.APITimeoutError):
+                kind = "timeout"
+            elif isinstance(exc, openai.APIConnectionError):
+                kind = "connection"
+            raise TransportError(
+                kind,
+                f"{type(exc).__name__}: {exc}",
+                retryable=True,
+                retry_after=_retry_after(exc),
+            ) from exc
+        except openai.APIStatusError as exc:
+            raise TransportError(
+                "http",
+                f"HTTP {exc.status_code}: {exc.message}",
+                retryable=exc.status_code in _RETRYABLE_STATUS,
+                status=exc.status_code,
+                retry_after=_retry_after(exc),
+            ) from exc
+        assert isinstance(msg, AIMessage)
+        meta: dict[str, Any] = dict(msg.usage_metadata or {})
+        lp = msg.response_metadata.get("logprobs")
+        return Completion(
+            content=msg.content if isinstance(msg.content, str) else str(msg.content),
+            finish_reason=msg.response_metadata.get("finish_reason"),
+            prompt_tokens=int(meta.get("input_tokens", 0)),
+            completion_tokens=int(meta.get("output_tokens", 0)),
+            logprobs=lp.get("content") if isinstance(lp, dict) else None,
+        )
+
+    async def aclose(self) -> None:
+        return None
 
 
 class LLMClient:
-    """Calls one chat model with bounded concurrency, retries and accounting."""
+    """Calls one endpoint with bounded concurrency, retries and accounting.
+
+    ``transport`` is a :class:`Transport`, or a langchain chat model (wrapped in a
+    :class:`ChatModelTransport`).
+    """
 
     def __init__(
         self,
-        chat_model: BaseChatModel,
+        transport: Transport | BaseChatModel,
         *,
         concurrency: int = 16,
         max_retries: int = 4,
@@ -144,7 +358,9 @@ class LLMClient:
         backoff_cap: float = 20.0,
         name: str = "default",
     ) -> None:
-        self.chat_model = chat_model
+        self.transport: Transport = (
+            ChatModelTransport(transport) if isinstance(transport, BaseChatModel) else transport
+        )
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -162,25 +378,27 @@ class LLMClient:
             limiter = self._limiters[loop] = asyncio.Semaphore(self.concurrency)
         return limiter
 
-    async def _invoke(self, messages: Messages, **kwargs: Any) -> AIMessage:
+    async def aclose(self) -> None:
+        """Release the transport's connections for the running loop."""
+        await self.transport.aclose()
+
+    async def _invoke(self, messages: Messages, params: dict[str, Any]) -> Completion:
+        meter = self.meter
         async with self._limiter():
-            self.meter.in_flight += 1
-            self.meter.requests += 1
+            meter.in_flight += 1
+            meter.requests += 1
             try:
-                msg = await self.chat_model.ainvoke(list(messages), **kwargs)
+                done = await self.transport.complete(messages, params)
             except BaseException:
-                self.meter.failed += 1
+                meter.failed += 1
                 raise
             finally:
-                self.meter.in_flight -= 1
-        assert isinstance(msg, AIMessage)
-        meta: dict[str, Any] = dict(msg.usage_metadata or {})
-        self.meter.prompt_tokens += int(meta.get("input_tokens", 0))
-        self.meter.completion_tokens += int(meta.get("output_tokens", 0))
-        return msg
+                meter.in_flight -= 1
+        meter.prompt_tokens += done.prompt_tokens
+        meter.completion_tokens += done.completion_tokens
+        return done
 
-    async def _backoff(self, attempt: int, exc: BaseException | None) -> None:
-        hinted = _retry_after(exc) if exc is not None else None
+    async def _backoff(self, attempt: int, hinted: float | None) -> None:
         delay = min(self.backoff_cap, self.backoff_base * 2**attempt)
         delay = hinted if hinted is not None else random.uniform(0, delay)
         await asyncio.sleep(min(delay, self.backoff_cap))
@@ -189,46 +407,31 @@ class LLMClient:
         self,
         messages: Messages,
         parse: Any,
+        params: dict[str, Any],
         *,
         feedback: bool,
         task: str,
-        **kwargs: Any,
-    ) -> tuple[Any, Usage, AIMessage]:
-        """Send with retries; ``parse(msg)`` returns the value or raises LLMError."""
+    ) -> tuple[Any, Usage, Completion]:
+        """Send with retries; ``parse(completion)`` returns the value or raises LLMError."""
         usage = Usage(feedback_calls=1 if feedback else 0)
         last: LLMError | None = None
         for attempt in range(self.max_retries + 1):
             usage.calls += 1
             try:
-                msg = await self._invoke(messages, **kwargs)
-            except _RETRYABLE as exc:
+                done = await self._invoke(messages, params)
+            except TransportError as exc:
                 usage.failed_calls += 1
-                last = LLMError(_classify(exc), f"{type(exc).__name__}: {exc}", usage)
+                last = LLMError(exc.kind, exc.message, usage)
+                if not exc.retryable:
+                    raise last from exc
                 log.debug("llm_retry", task=task, attempt=attempt, error=last.message[:200])
                 if attempt < self.max_retries:
-                    await self._backoff(attempt, exc)
+                    await self._backoff(attempt, exc.retry_after)
                 continue
-            except openai.APIStatusError as exc:
-                usage.failed_calls += 1
-                last = LLMError("http", f"HTTP {exc.status_code}: {exc.message}", usage)
-                if exc.status_code not in _RETRYABLE_STATUS:
-                    raise last from exc
-                if attempt < self.max_retries:
-                    await self._backoff(attempt, exc)
-                continue
-            except (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError) as exc:
-                usage.failed_calls += 1
-                last, prompt_tokens, completion_tokens = _finish_error(exc)
-                usage.prompt_tokens += prompt_tokens
-                usage.completion_tokens += completion_tokens
-                last.usage = usage
-                log.debug("llm_retry", task=task, attempt=attempt, error=last.message)
-                continue
-            meta: dict[str, Any] = dict(msg.usage_metadata or {})
-            usage.prompt_tokens += int(meta.get("input_tokens", 0))
-            usage.completion_tokens += int(meta.get("output_tokens", 0))
+            usage.prompt_tokens += done.prompt_tokens
+            usage.completion_tokens += done.completion_tokens
             try:
-                return parse(msg), usage, msg
+                return parse(done), usage, done
             except LLMError as exc:
                 usage.failed_calls += 1
                 exc.usage = usage
@@ -250,16 +453,9 @@ class LLMClient:
         seed: int | None = None,
         feedback: bool = False,
     ) -> TextReply:
-        msg_text, usage, msg = await self._call(
-            messages,
-            _text,
-            feedback=feedback,
-            task=task,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            seed=seed,
-        )
-        return TextReply(msg_text, usage, msg.response_metadata.get("finish_reason"))
+        params = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
+        text, usage, done = await self._call(messages, _text, params, feedback=feedback, task=task)
+        return TextReply(text, usage, done.finish_reason)
 
     async def structured(
         self,
@@ -273,42 +469,34 @@ class LLMClient:
         feedback: bool = False,
         logprobs: int | None = None,
     ) -> Reply[T]:
-        extra: dict[str, Any] = {}
+        params: dict[str, Any] = {
+            "response_format": json_schema_format(schema),
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "seed": seed,
+        }
         if logprobs:
-            extra = {"logprobs": True, "top_logprobs": logprobs}
+            params.update(logprobs=True, top_logprobs=logprobs)
 
-        def parse(msg: AIMessage) -> T:
-            if msg.response_metadata.get("finish_reason") == "length":
+        def parse(done: Completion) -> T:
+            if done.finish_reason == "length":
                 raise LLMError("length", f"{task}: output cut off at max_tokens={max_tokens}")
+            if done.finish_reason == "content_filter":
+                raise LLMError("filtered", f"{task}: the server's content filter stopped it")
             try:
-                return schema.model_validate_json(_content(msg))
+                return schema.model_validate_json(done.content)
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(p) for p in first["loc"]) or "(root)"
                 raise LLMError("parse", f"{task}: {where}: {first['msg']}") from exc
 
-        value, usage, msg = await self._call(
-            messages,
-            parse,
-            feedback=feedback,
-            task=task,
-            response_format=json_schema_format(schema),
-            temperature=temperature,
-            max_tokens=max_tokens,
-            seed=seed,
-            **extra,
-        )
-        lp = msg.response_metadata.get("logprobs")
-        return Reply(value, usage, lp.get("content") if isinstance(lp, dict) else None)
+        value, usage, done = await self._call(messages, parse, params, feedback=feedback, task=task)
+        return Reply(value, usage, done.logprobs)
 
 
-def _content(msg: AIMessage) -> str:
-    return msg.content if isinstance(msg.content, str) else str(msg.content)
-
-
-def _text(msg: AIMessage) -> str:
-    text = _content(msg).strip()
-    if msg.response_metadata.get("finish_reason") == "length":
+def _text(done: Completion) -> str:
+    text = done.content.strip()
+    if done.finish_reason == "length":
         raise LLMError("length", "answer cut off at max_tokens")
     if not text:
         raise LLMError("parse", "empty answer")
@@ -329,9 +517,17 @@ def unregister_client(key: str) -> None:
     _clients.pop(key, None)
 
 
+def openai_transport(
+    base_url: str, model: str, api_key: str, *, timeout: float = 120.0
+) -> HTTPTransport:
+    """The fast transport to an OpenAI-compatible endpoint (what the runner uses)."""
+    return HTTPTransport(base_url, model, api_key, timeout=timeout)
+
+
 def openai_chat_model(
     base_url: str, model: str, api_key: str, *, timeout: float = 120.0
 ) -> BaseChatModel:
+    """ChatOpenAI for the same endpoint (the langchain path; same requests, more CPU)."""
     from langchain_openai import ChatOpenAI
 
     return ChatOpenAI(
@@ -362,7 +558,7 @@ def client_for(ctx: RefedContext) -> LLMClient:
         from state.settings import RefedSettings
 
         settings = RefedSettings()
-        chat = openai_chat_model(
+        chat = openai_transport(
             ctx.base_url,
             ctx.model,
             settings.api_key.get_secret_value(),
@@ -370,5 +566,37 @@ def client_for(ctx: RefedContext) -> LLMClient:
         )
         _clients[key] = LLMClient(
             chat, concurrency=settings.concurrency, max_retries=settings.max_retries
+        )
+    return _clients[key]
+
+
+def judge_client_for(ctx: RefedContext) -> LLMClient:
+    """The judge's client: a registered one, its own endpoint/model, else the generator's."""
+    if ctx.judge_client_key is not None:
+        try:
+            return _clients[ctx.judge_client_key]
+        except KeyError:
+            raise LLMError(
+                "config", f"no LLM client registered as {ctx.judge_client_key!r}"
+            ) from None
+    if ctx.judge_base_url is None and ctx.judge_model is None:
+        return client_for(ctx)
+    base_url = ctx.judge_base_url or ctx.base_url
+    model = ctx.judge_model or ctx.model
+    if not base_url:
+        raise LLMError("config", "no base_url for the judge: set judge_base_url or base_url")
+    key = f"judge|{base_url}|{model}"
+    if key not in _clients:
+        from state.settings import RefedSettings
+
+        settings = RefedSettings()
+        chat = openai_transport(
+            base_url, model, settings.api_key.get_secret_value(), timeout=settings.timeout
+        )
+        _clients[key] = LLMClient(
+            chat,
+            concurrency=ctx.judge_concurrency or settings.concurrency,
+            max_retries=settings.max_retries,
+            name="judge",
         )
     return _clients[key]

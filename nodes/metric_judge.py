@@ -1,7 +1,11 @@
-"""metric_judge: score the current answer per criterion, told the task in plain words.
+"""metric_judge: score the current answer on the criteria set, told the task in plain words.
 
-The verdict decides acceptance (mean score against the bar) and, under the bar,
-whether another revision round runs.
+By default one call scores every criterion (``judge_per_criterion`` makes it one call
+each); with log-probabilities (``judge_logprobs``) each score is the expectation over
+the scale. The mean against the bar decides acceptance and, under the bar, whether
+another revision round runs. With ``pairwise_filter`` (the paper's filter) a sample
+that clears the bar must also have its improved response beat the first one, asked
+in both orders (two more calls); that verdict is kept on the judgement.
 """
 
 from __future__ import annotations
@@ -11,13 +15,37 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 import prompts
-from nodes.llm import LLMError, client_for, derive_seed
+from nodes.judging import JudgeOptions, compare, score_record
+from nodes.llm import LLMError, judge_client_for
 from state.context import RefedContext
+from state.criteria import CriteriaError, CriteriaSet
 from state.graph_state import CandidateState
-from state.llm_outputs import JUDGE_CRITERIA, JudgeOut
-from state.records import Judgement
+from state.records import Judgement, Usage
 
-JUDGE_MAX_TOKENS = 400
+PIPELINE_FIELDS = ("instruction", "response", "reference_instruction", "reference_response")
+"""Fields a criteria set used in the pipeline may name; its target must be ``response``."""
+
+
+def pipeline_record(cset: CriteriaSet, state: CandidateState) -> dict[str, str]:
+    """The candidate as a record of the set's fields."""
+    if cset.target != "response":
+        raise CriteriaError(
+            f"criteria set {cset.name!r}: the pipeline judges 'response', but target is "
+            f"{cset.target!r}"
+        )
+    available = {
+        "instruction": state.instruction.text,
+        "response": state.response or "",
+        "reference_instruction": state.reference.instruction,
+        "reference_response": state.reference.response,
+    }
+    unknown = [f for f in cset.fields if f not in available]
+    if unknown:
+        raise CriteriaError(
+            f"criteria set {cset.name!r}: fields {unknown} are not available in the pipeline "
+            f"(available: {', '.join(PIPELINE_FIELDS)})"
+        )
+    return {f: available[f] for f in cset.fields}
 
 
 async def metric_judge(state: CandidateState, runtime: Runtime[RefedContext]) -> dict[str, Any]:
@@ -25,27 +53,50 @@ async def metric_judge(state: CandidateState, runtime: Runtime[RefedContext]) ->
     ref, inst = state.reference, state.instruction
     assert state.response is not None, "respond must run first"
     try:
-        reply = await client_for(ctx).structured(
-            prompts.load("judge").render(new_instruction=inst.text, response=state.response),
-            JudgeOut,
-            task="judge",
-            temperature=ctx.judge_temperature,
-            max_tokens=JUDGE_MAX_TOKENS,
-            seed=derive_seed(ctx.seed, ref.id, "judge", inst.index, state.revisions),
+        cset = prompts.criteria(ctx.judge_criteria)
+        record = pipeline_record(cset, state)
+        client = judge_client_for(ctx)
+    except (CriteriaError, LLMError) as exc:
+        return {"error": f"metric_judge: config: {exc}"}
+    opts = JudgeOptions.from_context(ctx)
+    seed_parts = (ref.id, inst.index, state.revisions)
+    usage = Usage()
+    try:
+        judged = await score_record(
+            client, cset, record, opts, per_criterion=ctx.judge_per_criterion, seed_parts=seed_parts
         )
+        usage += judged.usage
+        result = judged.value
+        mean = result.mean
+        passed = mean >= ctx.judge_bar
+        verdict = None
+        if passed and ctx.pairwise_filter and ctx.feedback_mode != "none":
+            pair = await compare(
+                client,
+                cset,
+                record,
+                state.first_response or "",
+                state.response,
+                opts,
+                seed_parts=seed_parts,
+            )
+            usage += pair.usage
+            verdict = pair.value
+            passed = verdict.winner == "second"
     except LLMError as exc:
-        return {"usage": exc.usage, "error": f"metric_judge: {exc}"}
-    out = reply.value
-    scores = {name: float(getattr(out, name)) for name in JUDGE_CRITERIA}
-    mean = sum(scores.values()) / len(scores)
+        return {"usage": usage + exc.usage, "error": f"metric_judge: {exc}"}
+    scales = [c.scale for c in cset.criteria]
     judgement = Judgement(
-        scores=scores,
-        rationale=out.rationale,
+        scores=result.values(),
+        rationale=result.rationale,
         mean=mean,
-        method="sampled",
-        passed=mean >= ctx.judge_bar,
+        scale=(min(lo for lo, _ in scales), max(hi for _, hi in scales)),
+        method=result.method,
+        passed=passed,
+        criteria=cset.name,
+        pairwise=verdict,
     )
-    return {"usage": reply.usage, "judgement": judgement, "judge_notes": out.rationale}
+    return {"usage": usage, "judgement": judgement, "judge_notes": result.rationale}
 
 
 def wants_revision(state: CandidateState, ctx: RefedContext) -> bool:

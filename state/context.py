@@ -47,11 +47,34 @@ class RefedContext:
     max_tokens: int = _default("max_tokens")
     seed: int = _default("seed")
 
+    judge_base_url: str | None = _default("judge_base_url")
+    """The judge's own endpoint; None: the generator's."""
+
+    judge_model: str | None = _default("judge_model")
+    """The judge's model; None: the generator's."""
+
+    judge_concurrency: int | None = _default("judge_concurrency")
+    judge_criteria: str = _default("judge_criteria")
+    """Criteria set the metric judge scores on (built-in name or TOML file)."""
+
+    judge_logprobs: int = _default("judge_logprobs")
+    """Top log-probabilities per token (0: sampled scores only)."""
+
+    judge_rationale_chars: int = _default("judge_rationale_chars")
+    judge_per_criterion: bool = _default("judge_per_criterion")
+    """One call per criterion (costlier) instead of one call for all."""
+
+    pairwise_filter: bool = _default("pairwise_filter")
+    """Keep a sample only if the improved response beats the first one (pairwise)."""
+
     run_id: str = "studio"
     """Names the run in provenance and request seeds."""
 
     client_key: str | None = None
     """Name of a pre-registered LLM client (set by the runner/service; not for Studio)."""
+
+    judge_client_key: str | None = None
+    """Name of a pre-registered LLM client for the judge (None: as for the generator)."""
 
     @classmethod
     def from_settings(cls, settings: RefedSettings, **overrides: Any) -> RefedContext:

@@ -6,9 +6,10 @@ decoding otherwise lets a small model run a string on to the token limit.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from functools import cache
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 Short = Annotated[str, Field(max_length=120)]
 Line = Annotated[str, Field(max_length=300)]
@@ -57,3 +58,51 @@ class JudgeOut(_Out):
 
 
 JUDGE_CRITERIA: tuple[str, ...] = ("helpfulness", "instruction_following", "correctness", "clarity")
+
+
+# --- judge schemas, built from a criteria set ----------------------------------------
+#
+# ``JudgeOut`` above is the joint schema of the default instruction criteria written out
+# (the client tests use it); :func:`joint_schema` builds the same shape for any criteria.
+# The rationale comes first so the score is decided after it; a ``rationale_chars`` of 0
+# drops it (score only: cheapest, and the form HEAP-style training records use).
+
+PairwiseWinner = Literal["A", "B", "tie"]
+
+
+def _rationale_field(rationale_chars: int) -> dict[str, Any]:
+    if rationale_chars <= 0:
+        return {}
+    return {"rationale": (Annotated[str, Field(max_length=rationale_chars)], ...)}
+
+
+@cache
+def pointwise_schema(points: tuple[int, ...], rationale_chars: int) -> type[BaseModel]:
+    """``{rationale?, score}`` with ``score`` one of ``points``."""
+    score_type: Any = Literal[points]
+    return create_model(
+        "PointwiseOut",
+        __base__=_Out,
+        **_rationale_field(rationale_chars),
+        score=(score_type, ...),
+    )
+
+
+@cache
+def joint_schema(
+    criteria: tuple[tuple[str, tuple[int, ...]], ...], rationale_chars: int
+) -> type[BaseModel]:
+    """``{rationale?, <criterion>: score, ...}``: every criterion scored in one answer."""
+    scores: dict[str, Any] = {name: (Literal[points], ...) for name, points in criteria}
+    return create_model("JudgeOut", __base__=_Out, **_rationale_field(rationale_chars), **scores)
+
+
+@cache
+def pairwise_schema(rationale_chars: int) -> type[BaseModel]:
+    """``{rationale?, winner}`` with winner "A", "B" or "tie"."""
+    return create_model(
+        "PairwiseOut",
+        __base__=_Out,
+        **_rationale_field(rationale_chars),
+        winner=(PairwiseWinner, ...),
+    )

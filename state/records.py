@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from state.judgements import Method, PairwiseVerdict
+
 FeedbackMode = Literal["reference", "sample", "none"]
 CandidateStatus = Literal["accepted", "rejected", "failed"]
 
@@ -124,8 +126,18 @@ class Judgement(BaseModel):
     rationale: str = ""
     mean: float
     scale: tuple[int, int] = (1, 5)
-    method: Literal["sampled", "logprob"] = "sampled"
+    method: Method = Field(
+        default="sampled",
+        description="logprob: scores are probability-weighted means over the scale's tokens; "
+        "sampled: the scores the judge wrote; mixed: some of each.",
+    )
     passed: bool
+    criteria: str | None = Field(default=None, description="The criteria set scored on.")
+    pairwise: PairwiseVerdict | None = Field(
+        default=None,
+        description="With the pairwise filter: the improved response (second) against the "
+        "first one, asked in both orders.",
+    )
 
 
 class Candidate(BaseModel):

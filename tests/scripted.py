@@ -3,7 +3,9 @@
 It answers by what was asked: for a structured call, the JSON schema's name picks
 a canned, schema-valid answer; for a free-text call, the prompt's system text
 picks one. Tests override any task with ``answers`` (a value or a callable), and
-can inject failures. Every call is recorded.
+can inject failures. An answer may be a tuple ``(content, finish_reason)`` or
+``(content, finish_reason, logprobs)`` with an OpenAI ``logprobs.content`` list.
+Every call is recorded.
 """
 
 from __future__ import annotations
@@ -48,6 +50,25 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def _pointwise(messages: list[BaseMessage], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A score of 4 (or the scale's top if 4 is off it), with a rationale if one is asked."""
+    props = kwargs["response_format"]["json_schema"]["schema"]["properties"]
+    points = props["score"]["enum"]
+    answer: dict[str, Any] = {"score": 4 if 4 in points else max(points)}
+    if "rationale" in props:
+        answer = {"rationale": "Scripted reason.", **answer}
+    return answer
+
+
+def _pairwise(messages: list[BaseMessage], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Always "B": a position-biased judge (both orders together make a tie)."""
+    props = kwargs["response_format"]["json_schema"]["schema"]["properties"]
+    answer: dict[str, Any] = {"winner": "B"}
+    if "rationale" in props:
+        answer = {"rationale": "Scripted comparison.", **answer}
+    return answer
+
+
 def _instructions(messages: list[BaseMessage], kwargs: dict[str, Any]) -> dict[str, Any]:
     """As many distinct instructions as the prompt asks for (``Write N new``)."""
     text = str(messages[-1].content)
@@ -58,6 +79,19 @@ def _instructions(messages: list[BaseMessage], kwargs: dict[str, Any]) -> dict[s
             f"Scripted instruction {seed}-{i}: explain topic {i}." for i in range(count)
         ]
     }
+
+
+SCHEMA_DEFAULTS: dict[str, Answer] = {
+    "InstructionsOut": _instructions,
+    "PointwiseOut": _pointwise,
+    "PairwiseOut": _pairwise,
+}
+
+
+def _fit(answer: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Drop keys the schema does not ask for (the judge's rationale can be switched off)."""
+    props = kwargs["response_format"]["json_schema"]["schema"]["properties"]
+    return {k: v for k, v in answer.items() if k in props}
 
 
 class ScriptedError(Exception):
@@ -87,22 +121,29 @@ class Script:
         task = self.task_of(messages, kwargs)
         self.calls.append(Call(task, messages, kwargs))
         spec: Any = self.answers.get(task)
+        if spec is None and task in DEFAULTS:
+            spec = DEFAULTS[task]
+            if task == "JudgeOut":
+                spec = _fit(spec, kwargs)
         if spec is None:
-            spec = DEFAULTS.get(task)
-        if spec is None:
-            spec = _instructions if task == "InstructionsOut" else f"A scripted {task} answer."
+            spec = SCHEMA_DEFAULTS.get(task, f"A scripted {task} answer.")
         if callable(spec):
             spec = spec(messages, kwargs)
         if isinstance(spec, BaseException):
             raise spec
         finish = "stop"
-        if isinstance(spec, tuple):  # (content, finish_reason)
-            spec, finish = spec
+        logprobs = None
+        if isinstance(spec, tuple):  # (content, finish_reason[, logprobs content list])
+            spec, finish, *rest = spec
+            logprobs = rest[0] if rest else None
         content = spec if isinstance(spec, str) else json.dumps(spec)
+        meta: dict[str, Any] = {"finish_reason": finish}
+        if logprobs is not None:  # as langchain-openai passes the server's logprobs on
+            meta["logprobs"] = {"content": logprobs}
         return AIMessage(
             content=content,
             usage_metadata={"input_tokens": 100, "output_tokens": 20, "total_tokens": 120},
-            response_metadata={"finish_reason": finish},
+            response_metadata=meta,
         )
 
     def count(self, task: str) -> int:

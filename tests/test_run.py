@@ -75,7 +75,13 @@ def test_cli_writes_run_folder(fake_server: FakeServerProc, tmp_path: Path) -> N
     s = samples[0]
     assert s.provenance.feedback_mode == "reference"
     assert s.provenance.model == "fake"
-    assert set(s.provenance.prompt_versions) >= {"respond", "refine", "judge"}
+    assert set(s.provenance.prompt_versions) >= {
+        "respond",
+        "refine",
+        "judge_pointwise",
+        "judge_pairwise",
+        "criteria/instruction",
+    }
     assert s.first_response and s.response and s.judgement and s.feature
     feedback = read(out / "feedback.jsonl", ReferenceFeedback)
     assert len(feedback) == 6

@@ -1,0 +1,219 @@
+"""Shared pieces of the benchmarks: the fake server in its own process, seeds, versions.
+
+Every measured client runs in its own process (``python -m bench.<name> _child ...``)
+so its ``getrusage`` CPU and peak RSS are its own; the fake server runs in another
+process and reports its own CPU at ``/stats``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+VERSIONS = (
+    "langgraph",
+    "langgraph-checkpoint",
+    "langgraph-checkpoint-sqlite",
+    "langchain-core",
+    "langchain-openai",
+    "openai",
+    "aiohttp",
+    "httpx",
+    "pydantic",
+    "aiosqlite",
+)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class FakeServer:
+    """``bench.fake_server`` in its own process, for one measurement."""
+
+    def __init__(self, latency: float) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.fake_server",
+                "--port",
+                str(self.port),
+                "--latency",
+                str(latency),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fake server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.base_url}/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("fake server did not start")
+            time.sleep(0.05)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return dict(httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=10).json())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> FakeServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_WORDS = [
+    "garden",
+    "soil",
+    "water",
+    "light",
+    "season",
+    "plant",
+    "root",
+    "leaf",
+    "budget",
+    "plan",
+    "team",
+    "code",
+    "test",
+    "data",
+    "model",
+    "river",
+    "bridge",
+    "travel",
+    "museum",
+    "recipe",
+    "flour",
+    "oven",
+    "history",
+    "letter",
+    "design",
+    "colour",
+    "method",
+    "rule",
+    "market",
+    "price",
+    "risk",
+    "energy",
+    "battery",
+    "sensor",
+    "signal",
+    "network",
+    "memory",
+    "story",
+    "chapter",
+    "voice",
+]
+
+
+def _text(i: int, words: int, salt: str) -> str:
+    n = len(_WORDS)
+    return " ".join(_WORDS[(i * 7 + j * (i % 5 + 1) + len(salt)) % n] for j in range(words))
+
+
+def write_seeds(path: Path, n: int) -> Path:
+    """``n`` distinct references of realistic size (instruction ~60 words, answer ~350)."""
+    with path.open("w") as fh:
+        for i in range(n):
+            rec = {
+                "id": f"bench-{i:06d}",
+                "instruction": f"Task {i}: " + _text(i, 60, "i") + "?",
+                "response": f"Answer {i}. " + _text(i, 350, "r") + ".",
+            }
+            fh.write(json.dumps(rec) + "\n")
+    return path
+
+
+def run_child(module: str, args: list[str], timeout: float = 1800) -> dict[str, Any]:
+    """Run ``python -m module _child ARGS`` and return the JSON it prints last on stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "_child", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{module} child failed ({proc.returncode}):\n{proc.stderr[-3000:]}\n"
+            f"{proc.stdout[-1000:]}"
+        )
+    return dict(json.loads(lines[-1]))
+
+
+def rusage_self() -> dict[str, float]:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu": ru.ru_utime + ru.ru_stime, "maxrss_mb": ru.ru_maxrss / 1024}
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table."""
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)

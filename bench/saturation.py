@@ -1,0 +1,222 @@
+"""Server saturation: Refed's output tokens/s against the server's own, on the same requests.
+
+    python -m bench.saturation --base-url http://127.0.0.1:8391/v1 --model smollm2
+
+1. Refed: ``python -m graph.run`` (in this process) over a few seed references, with
+   the default HTTP transport wrapped to record every request it sends (body, start,
+   end, tokens). Its rate is the completion tokens of all its requests divided by the
+   span from its first request to its last answer.
+2. Replay: the same request bodies sent straight at the server with plain aiohttp and
+   the same number in flight, all at once (no dependencies between them). Its rate is
+   measured the same way.
+
+The ratio Refed / replay says how much of the server's throughput the pipeline gets
+at that concurrency (target >= 0.9); the replay has no chain dependencies, so it is
+an upper bound Refed can only approach. The replay runs second, on a prefix cache
+Refed has warmed, which if anything favours the replay.
+
+The prefix-cache hit rate is the change of vLLM's ``prefix_cache_hits`` over
+``prefix_cache_queries`` counters (``/metrics``) during Refed's run. Those counters are
+server-wide: the table also gives the share of the window's prompt tokens that were
+Refed's, so a shared server's other traffic is visible. Keep runs short on a shared
+machine: the defaults take a few minutes on a 2-core CPU server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import REPO, machine, table, versions
+from nodes.llm import Completion, HTTPTransport, Messages, _request_body
+
+RECORDS: list[dict[str, Any]] = []
+
+
+class RecordingTransport(HTTPTransport):
+    """The default transport, recording each request's body, timing and tokens."""
+
+    async def complete(self, messages: Messages, params: dict[str, Any]) -> Completion:
+        start = time.monotonic()
+        done = await super().complete(messages, params)
+        RECORDS.append(
+            {
+                "body": _request_body(self.model, messages, params),
+                "start": start,
+                "end": time.monotonic(),
+                "prompt_tokens": done.prompt_tokens,
+                "completion_tokens": done.completion_tokens,
+            }
+        )
+        return done
+
+
+def scrape(base_url: str) -> dict[str, float]:
+    """vLLM's counters we need, summed over labels (``name_total``)."""
+    root = re.sub(r"/v1/?$", "", base_url.rstrip("/"))
+    text = httpx.get(f"{root}/metrics", timeout=10).text
+    want = {
+        "vllm:prefix_cache_queries_total": "queries",
+        "vllm:prefix_cache_hits_total": "hits",
+        "vllm:prompt_tokens_total": "prompt_tokens",
+        "vllm:generation_tokens_total": "generation_tokens",
+        "vllm:num_requests_running": "running",
+    }
+    out = dict.fromkeys(want.values(), 0.0)
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in want:
+            out[want[name]] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def run_refed(args: argparse.Namespace, out: Path) -> float:
+    import graph.run
+
+    def recording(base_url: str, model: str, api_key: str, *, timeout: float = 120.0) -> Any:
+        return RecordingTransport(base_url, model, api_key, timeout=timeout)
+
+    graph.run.openai_transport = recording
+    argv = [
+        "--seeds",
+        str(args.seeds),
+        "--limit",
+        str(args.references),
+        "--base-url",
+        args.base_url,
+        "--model",
+        args.model,
+        "--out",
+        str(out),
+        "--per-reference",
+        str(args.per_reference),
+        "--concurrency",
+        str(args.concurrency),
+        "--log-level",
+        "warning",
+        *args.extra,
+    ]
+    t0 = time.monotonic()
+    with contextlib.redirect_stdout(sys.stderr):
+        code = graph.run.main(argv)
+    if code != 0:
+        raise SystemExit(f"graph.run exited {code}")
+    return time.monotonic() - t0
+
+
+async def replay(base_url: str, bodies: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    import aiohttp
+
+    url = base_url.rstrip("/") + "/chat/completions"
+    sem = asyncio.Semaphore(concurrency)
+    tokens: list[int] = []
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=600)
+    ) as session:
+
+        async def one(body: dict[str, Any]) -> None:
+            async with sem, session.post(url, json=body) as resp:
+                data = await resp.json()
+            tokens.append(int((data.get("usage") or {}).get("completion_tokens") or 0))
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(b) for b in bodies))
+        wall = time.monotonic() - t0
+    return {"wall": wall, "completion_tokens": sum(tokens), "requests": len(tokens)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.saturation", description=__doc__)
+    p.add_argument("--base-url", default="http://127.0.0.1:8391/v1")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--seeds", type=Path, default=REPO / "examples" / "seeds.jsonl")
+    p.add_argument("--references", type=int, default=3)
+    p.add_argument("--per-reference", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("extra", nargs="*", help="extra graph.run flags (after --)")
+    args = p.parse_args(argv)
+    info = {"machine": machine(), "versions": versions()}
+    with tempfile.TemporaryDirectory(prefix="refed-sat-") as tmp:
+        before = scrape(args.base_url)
+        run_wall = run_refed(args, Path(tmp) / "run")
+        after = scrape(args.base_url)
+        accepted = json.loads((Path(tmp) / "run" / "run.json").read_text())["stats"]["accepted"]
+    span = max(r["end"] for r in RECORDS) - min(r["start"] for r in RECORDS)
+    refed_tokens = sum(r["completion_tokens"] for r in RECORDS)
+    refed_prompt = sum(r["prompt_tokens"] for r in RECORDS)
+    bodies = [r["body"] for r in sorted(RECORDS, key=lambda r: r["start"])]
+    before_replay = scrape(args.base_url)
+    rep = asyncio.run(replay(args.base_url, bodies, args.concurrency))
+    after_replay = scrape(args.base_url)
+    queries = after["queries"] - before["queries"]
+    hits = after["hits"] - before["hits"]
+    window_prompt = after["prompt_tokens"] - before["prompt_tokens"]
+    rq = after_replay["queries"] - before_replay["queries"]
+    rh = after_replay["hits"] - before_replay["hits"]
+    result = {
+        "concurrency": args.concurrency,
+        "references": args.references,
+        "per_reference": args.per_reference,
+        "accepted": accepted,
+        "requests": len(RECORDS),
+        "refed_run_wall_s": run_wall,
+        "refed_span_s": span,
+        "refed_completion_tokens": refed_tokens,
+        "refed_tok_s": refed_tokens / span,
+        "replay_wall_s": rep["wall"],
+        "replay_completion_tokens": rep["completion_tokens"],
+        "replay_tok_s": rep["completion_tokens"] / rep["wall"],
+        "prefix_hit_rate_refed": hits / queries if queries else None,
+        "prefix_hit_rate_replay": rh / rq if rq else None,
+        "refed_share_of_window_prompt_tokens": refed_prompt / window_prompt
+        if window_prompt
+        else None,
+        "other_requests_running_at_start": before["running"],
+    }
+    result["ratio"] = result["refed_tok_s"] / result["replay_tok_s"]
+    print(json.dumps(result), file=sys.stderr)
+    pct = (lambda x: f"{100 * x:.0f}%" if x is not None else "-")  # noqa: E731
+    print(
+        table(
+            [
+                "in flight",
+                "requests",
+                "Refed tok/s",
+                "replay tok/s",
+                "Refed / replay",
+                "prefix-cache hit rate (Refed)",
+                "Refed's share of window prompt tokens",
+            ],
+            [
+                [
+                    args.concurrency,
+                    len(RECORDS),
+                    f"{result['refed_tok_s']:.1f}",
+                    f"{result['replay_tok_s']:.1f}",
+                    f"**{result['ratio']:.2f}**",
+                    pct(result["prefix_hit_rate_refed"]),
+                    pct(result["refed_share_of_window_prompt_tokens"]),
+                ]
+            ],
+        )
+    )
+    if args.json:
+        args.json.write_text(json.dumps({**info, **result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
