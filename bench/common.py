@@ -60,8 +60,18 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "cpu": cpu,
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "cpu_pressure_at_start": cpu_pressure(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def cpu_pressure() -> float | None:
+    """Share of the last 10 s some task waited for a CPU (Linux PSI): how busy the box is."""
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(first.split("avg10=")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def free_port() -> int:

@@ -16,6 +16,11 @@ For each latency x concurrency, in the same run and against a fresh fake server 
 - ``aiohttp floor``: the same with one ``aiohttp`` session and a JSON POST, the lowest
   cost a Python client can have here.
 
+``--clients`` also takes Refed variants that swap one piece back, in the child only, to
+measure each change: ``refed-before`` (ChatOpenAI transport + AsyncSqliteSaver, as before
+issue 6), ``refed-langchain`` (ChatOpenAI transport only), ``refed-aiosqlite``
+(AsyncSqliteSaver only).
+
 Ideal wall time is ``max(calls x latency / concurrency, depth x latency)``: the server
 can hold ``concurrency`` requests, each takes ``latency``, and no reference finishes
 faster than its chain of ``depth`` = 6 dependent calls. At small N the second term can
@@ -32,13 +37,23 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import FakeServer, machine, run_child, rusage_self, table, versions, write_seeds
+from bench.common import (
+    FakeServer,
+    cpu_pressure,
+    machine,
+    run_child,
+    rusage_self,
+    table,
+    versions,
+    write_seeds,
+)
 
 DEPTH = 6  # analysis -> distill -> synthesis -> respond -> refine -> judge
 FEATURES = 6  # what the fake server's analysis yields: 3 subject areas + 3 skills
@@ -64,12 +79,19 @@ VARIANTS = {
     "refed": "HTTP transport, inline SQLite saver (the default)",
     "refed-langchain": "ChatOpenAI transport, inline SQLite saver",
     "refed-aiosqlite": "HTTP transport, AsyncSqliteSaver (aiosqlite)",
-    "refed-before": "ChatOpenAI transport, AsyncSqliteSaver: the code before issue 6",
+    "refed-before": "ChatOpenAI transport, AsyncSqliteSaver, with today's runner",
+    "refed-original": "another checkout as it is (--original-repo), e.g. before issue 6",
 }
 
 
 def _child_refed(args: argparse.Namespace) -> dict[str, Any]:
     import functools
+
+    if args.repo:  # another checkout of Refed (e.g. the code before a change), as it is
+        sys.path.insert(0, args.repo)
+        from graph.run import main as original_main
+
+        return _measure_cli(args, original_main)
 
     import graph.run
     from graph.checkpoint import sqlite_saver
@@ -81,8 +103,10 @@ def _child_refed(args: argparse.Namespace) -> dict[str, Any]:
         graph.run.openai_transport = openai_chat_model  # type: ignore[assignment]
     if args.variant in ("refed-aiosqlite", "refed-before"):
         graph.run.sqlite_saver = functools.partial(sqlite_saver, inline=False)
-    run_main = graph.run.main
+    return _measure_cli(args, graph.run.main)
 
+
+def _measure_cli(args: argparse.Namespace, run_main: Any) -> dict[str, Any]:
     before = rusage_self()
     t0 = time.perf_counter()
     argv = [
@@ -244,6 +268,7 @@ def child_main(argv: list[str]) -> None:
     p.add_argument("--refs", type=int)
     p.add_argument("--client", default="openai")
     p.add_argument("--variant", default="refed", choices=sorted(VARIANTS))
+    p.add_argument("--repo", default=None, help="run graph.run from this checkout")
     p.add_argument("--extra", default="[]", help="JSON list of extra graph.run flags")
     args = p.parse_args(argv)
     result = _child_floor(args) if args.kind == "floor" else _child_refed(args)
@@ -261,8 +286,10 @@ def measure(
     per_reference: int,
     work: Path,
     extra: list[str] | None = None,
+    original_repo: str | None = None,
 ) -> dict[str, Any]:
     """One client against a fresh fake server; the row for the table."""
+    pressure = cpu_pressure()
     with FakeServer(latency) as server:
         args = [
             "--base-url",
@@ -278,6 +305,10 @@ def measure(
             args = ["refed", *args, "--seeds", str(seeds), "--out", str(out), "--variant", kind]
             if extra:
                 args += ["--extra", json.dumps(extra)]
+            if kind == "refed-original":
+                if not original_repo:
+                    raise SystemExit("refed-original needs --original-repo")
+                args += ["--repo", original_repo]
         else:
             args = ["floor", *args, "--refs", str(refs), "--client", kind]
         res = run_child("bench.overhead", args)
@@ -303,6 +334,8 @@ def measure(
         "server_cpu_ms_per_call": 1000 * float(stats["cpu_seconds"]) / calls,
         "server_max_in_flight": stats["max_in_flight"],
         "peak_rss_mb": res["maxrss_mb"],
+        "cpu_pressure_before": pressure,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     if kind.startswith("refed"):
         row["ckpt_kb_per_sample"] = res["db_bytes"] / 1024 / samples
@@ -365,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         default=["refed", "openai", "aiohttp"],
         choices=[*VARIANTS, "openai", "aiohttp"],
     )
+    p.add_argument(
+        "--original-repo",
+        default=None,
+        help="a checkout to run as refed-original (git archive <commit> | tar -x -C DIR)",
+    )
     p.add_argument("--memory", action="store_true", help="the memory-flatness check instead")
     p.add_argument("--memory-samples", type=int, nargs="+", default=[400, 10000])
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -387,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
             for latency in args.latency:
                 for conc in args.concurrency:
                     for client in args.clients:
-                        row = measure(client, latency, conc, refs, k, work, args.extra)
+                        row = measure(
+                            client, latency, conc, refs, k, work, args.extra, args.original_repo
+                        )
                         rows.append(row)
                         print(json.dumps(row), file=sys.stderr, flush=True)
     if args.memory:

@@ -30,6 +30,8 @@ from graph.builder import compile_graph
 from graph.checkpoint import sqlite_saver
 from graph.logs import add_secret, configure_logging, redact
 from graph.progress import Progress
+from graph.quality import QualityGate
+from graph.quality.benchmarks import BenchmarkError, load_benchmarks
 from graph.runfolder import Manifest, RunConfigMismatch, RunFolder
 from graph.seeds import SeedError, read_seeds
 from nodes.llm import LLMClient, openai_transport, register_client, unregister_client
@@ -91,6 +93,8 @@ class Runner:
         self.judge_client = judge_client
         self.failed: list[str] = []
         self.progress: Progress | None = None
+        self.gate: QualityGate | None = None
+        """Near-duplicate and decontamination filters, built by ``run`` (graph/quality)."""
         self._manifest_at = 0.0
 
     def _provenance(self, ref: Reference) -> Provenance:
@@ -110,6 +114,8 @@ class Runner:
             return
         prov = self._provenance(ref)
         samples = [Sample(**c.model_dump(), provenance=prov) for c in fresh]
+        if self.gate is not None:  # accepted ones it drops become rejected, same ids
+            samples = self.gate.screen(samples)
         accepted, rejected = self.folder.add_samples(samples)
         if self.progress is not None and (accepted or rejected):
             self.progress.update(accepted=accepted, rejected=rejected)
@@ -192,6 +198,8 @@ class Runner:
                     self.folder.write_manifest(self.manifest)
 
     async def run(self, references: list[Reference]) -> None:
+        # The gate's index is rebuilt from the seeds and samples.jsonl on every start.
+        self.gate = QualityGate.for_run(self.settings, self.folder, references)
         todo = [r for r in references if r.id not in self.folder.done]
         skipped = len(references) - len(todo)
         if skipped:
@@ -314,6 +322,15 @@ def _endpoint(settings: RefedSettings) -> Iterator[tuple[str, str]]:
         yield server.base_url, server.model
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (less CPU per LLM call), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def parse_args(argv: list[str] | None = None) -> RefedSettings:
     parser = argparse.ArgumentParser(
         prog="python -m graph.run",
@@ -356,9 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     except SeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:  # a bad benchmark file fails now, before the run folder records its path
+        load_benchmarks(settings.decontaminate)
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{len(references)} references from {settings.seeds}", file=sys.stderr)
 
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()
     main_task: asyncio.Task[RunResult] | None = None
     stops = 0
 

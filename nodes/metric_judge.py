@@ -55,6 +55,10 @@ async def metric_judge(state: CandidateState, runtime: Runtime[RefedContext]) ->
     try:
         cset = prompts.criteria(ctx.judge_criteria)
         record = pipeline_record(cset, state)
+        if ctx.judge_backend == "encoder":  # the trained metric model (metric/), no LLM
+            from metric.node import encoder_judgement
+
+            return await encoder_judgement(ctx, cset, record, state)
         client = judge_client_for(ctx)
     except (CriteriaError, LLMError) as exc:
         return {"error": f"metric_judge: config: {exc}"}

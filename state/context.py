@@ -64,6 +64,12 @@ class RefedContext:
     judge_per_criterion: bool = _default("judge_per_criterion")
     """One call per criterion (costlier) instead of one call for all."""
 
+    judge_backend: str = _default("judge_backend")
+    """llm (the LLM judge) or encoder (the trained metric model at ``judge_encoder``)."""
+
+    judge_encoder: str = _default("judge_encoder")
+    """Saved metric folder (in-process) or URL of a vLLM server serving it."""
+
     pairwise_filter: bool = _default("pairwise_filter")
     """Keep a sample only if the improved response beats the first one (pairwise)."""
 

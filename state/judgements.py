@@ -6,14 +6,17 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-ScoreMethod = Literal["sampled", "logprob"]
-Method = Literal["sampled", "logprob", "mixed"]
+ScoreMethod = Literal["sampled", "logprob", "encoder"]
+Method = Literal["sampled", "logprob", "mixed", "encoder"]
+"""``encoder``: a score from the trained cross-encoder metric (metric/), not an LLM."""
 Vote = Literal["first", "second", "tie"]
 
 
 def combined_method(methods: list[ScoreMethod] | tuple[ScoreMethod, ...]) -> Method:
     """``logprob`` when every score is an expectation, ``sampled`` when none is, else mixed."""
     kinds = set(methods)
+    if kinds == {"encoder"}:
+        return "encoder"
     if kinds == {"logprob"}:
         return "logprob"
     if kinds <= {"sampled"}:

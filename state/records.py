@@ -167,10 +167,25 @@ class Provenance(BaseModel):
     reference_response: str
 
 
+class QualityFilter(BaseModel):
+    """Why a quality gate (graph/quality) dropped a sample the judge had accepted."""
+
+    name: Literal["near-duplicate", "decontamination"]
+    method: str = Field(description="rouge-l, exact, N-gram or whole prompt.")
+    score: float | None = Field(default=None, description="ROUGE-L F1 with the match.")
+    field: str = Field(default="instruction", description="The sample's field that matched.")
+    match_id: str = Field(description="A sample_id, seed:REFERENCE_ID or BENCHMARK#N.")
+    match_text: str = Field(description="The matched text (cut at 500 characters).")
+    source: str = Field(description="sample, seed, or the benchmark's name.")
+
+
 class Sample(Candidate):
     """A candidate with its provenance, as written to samples.jsonl / rejected.jsonl."""
 
     provenance: Provenance
+    filter: QualityFilter | None = Field(
+        default=None, description="Set when a quality gate rejected the sample."
+    )
 
 
 class ReferenceDone(BaseModel):

@@ -12,12 +12,24 @@ import os
 import tomllib
 import types
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from state.records import FeedbackMode
+
+
+def _path_list(value: Any) -> Any:
+    """A list from a flag or variable: comma-separated, or a JSON list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 class RefedSettings(BaseSettings):
@@ -84,6 +96,16 @@ class RefedSettings(BaseSettings):
         default=False,
         description="One judge call per criterion instead of one call scoring all of them.",
     )
+    judge_backend: Literal["llm", "encoder"] = Field(
+        default="llm",
+        description="llm: the LLM judge; encoder: the trained metric model (python -m metric) "
+        "at judge_encoder.",
+    )
+    judge_encoder: str = Field(
+        default="runs/metric/model",
+        description="judge_backend=encoder: a saved metric folder (in-process) or the URL of "
+        "a vLLM server serving it (/score).",
+    )
     pairwise_filter: bool = Field(
         default=False,
         description="Also require the improved response to beat the first one (pairwise, "
@@ -103,6 +125,45 @@ class RefedSettings(BaseSettings):
     on_bad_record: Literal["fail", "skip"] = Field(default="fail")
     force_new: bool = Field(default=False, description="Start over in an existing run folder.")
     durability: Literal["sync", "async", "exit"] = Field(default="async")
+
+    # --- quality gates (graph/quality) ----------------------------------------------------
+    near_dup: Literal["rouge-l", "minhash", "off"] = Field(
+        default="rouge-l",
+        description="Near-duplicate control of new instructions against kept ones and the "
+        "seeds: rouge-l (exact ROUGE-L, pruned index), minhash (MinHash-LSH candidates, "
+        "ROUGE-L verified; for large runs) or off.",
+    )
+    near_dup_threshold: float = Field(
+        default=0.7,
+        ge=0,
+        lt=1,
+        description="Drop an instruction whose ROUGE-L F1 with a kept instruction or a seed "
+        "is above this (Self-Instruct: 0.7).",
+    )
+    minhash_jaccard: float = Field(
+        default=0.5, gt=0, lt=1, description="near_dup=minhash: Jaccard threshold of the LSH."
+    )
+    minhash_perm: int = Field(
+        default=128, ge=16, le=1024, description="near_dup=minhash: MinHash permutations."
+    )
+    decontaminate: Annotated[list[str], NoDecode, BeforeValidator(_path_list)] = Field(
+        default_factory=list,
+        description="Evaluation prompt sets to keep out of the data: files (JSONL, JSON, CSV, "
+        "Parquet), comma-separated, each PATH or PATH#FIELD.",
+    )
+    decontam_ngram: int = Field(
+        default=13,
+        ge=4,
+        le=64,
+        description="Drop a sample sharing this many tokens in a row "
+        "with a benchmark prompt (GPT-3: 13).",
+    )
+    decontam_rouge: float = Field(
+        default=0.8,
+        ge=0,
+        lt=1,
+        description="Drop an instruction whose ROUGE-L F1 with a benchmark prompt is above this.",
+    )
 
     # --- the service (python -m serve) ----------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Service bind address.")
@@ -149,6 +210,13 @@ class RefedSettings(BaseSettings):
         "pairwise_filter",
         "max_tokens",
         "seed",
+        "near_dup",
+        "near_dup_threshold",
+        "minhash_jaccard",
+        "minhash_perm",
+        "decontaminate",
+        "decontam_ngram",
+        "decontam_rouge",
     )
 
     def fingerprint(self) -> dict[str, Any]:

@@ -1,0 +1,149 @@
+"""The LLM judge as a baseline: Refed's own judge (``nodes.judging``) on the embedded model.
+
+Two sources, said in the output: the records an earlier ``python -m graph.judge eval`` run
+already judged (``runs/judge-eval/SET/judged.jsonl``, used when its criteria version is the
+current one), or live calls on a small deterministic slice of the test set through an
+OpenAI-compatible server (the shared vLLM server; the pipeline's client layer and prompts,
+score only, log-probability expectations as ``judge eval`` does).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from graph.judge_eval import compare_pairs, score_items
+from graph.judge_sets import HumanItem, HumanPair, HumanSet, load_items, load_pairs
+from metric.data import Example, Pair, unit
+from nodes.judging import JudgeOptions
+from nodes.llm import LLMClient
+from state.criteria import CriteriaSet
+from state.judgements import Vote
+
+OPTIONS = JudgeOptions(temperature=0.0, logprobs=5, rationale_chars=0, seed=0)
+"""As the ``judge eval`` reports in runs/judge-eval were made: score only, log-probabilities."""
+
+
+@dataclass
+class LLMConfig:
+    base_url: str | None = "http://127.0.0.1:8391/v1"
+    model: str = "smollm2"
+    slice_records: int = 40
+    """Live calls: at most this many records (whole sources) per pointwise set."""
+    slice_pairs: int = 40
+    """Live calls: at most this many pairs (people's ties left out) per pairwise set."""
+    concurrency: int = 8
+    reuse_dir: Path | None = Path("runs/judge-eval")
+    seed: int = 0
+
+
+@dataclass
+class LLMResult:
+    pointwise: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Item id -> criterion -> score."""
+    votes: dict[str, Vote] = field(default_factory=dict)
+    """Pair key (``first|second``) -> verdict."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """Set -> where its numbers come from."""
+    errors: list[str] = field(default_factory=list)
+
+
+def reused(folder: Path, cset: CriteriaSet) -> dict[str, dict[str, float]]:
+    """Scores from an earlier ``judge eval`` run, if it used this criteria version."""
+    config, judged = folder / "config.json", folder / "judged.jsonl"
+    if not (config.is_file() and judged.is_file()):
+        return {}
+    if json.loads(config.read_text()).get("criteria_version") != cset.version:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for line in judged.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("judge"):
+            out[row["id"]] = {k: float(v["score"]) for k, v in row["judge"]["scores"].items()}
+    return out
+
+
+def make_llm_client(cfg: LLMConfig) -> LLMClient | None:
+    """The judge's client layer (nodes.llm) on the configured server; None: no server."""
+    if not cfg.base_url:
+        return None
+    from graph.judge import make_client
+    from state.settings import RefedSettings
+
+    settings = RefedSettings(base_url=cfg.base_url, model=cfg.model, concurrency=cfg.concurrency)
+    return make_client(settings, cfg.base_url, cfg.model)
+
+
+def slice_items(examples: Sequence[Example], n: int, seed: int) -> list[str]:
+    """Item ids of a deterministic slice: whole sources in a seeded order, about ``n`` items."""
+    groups: dict[str, set[str]] = {}
+    for ex in examples:
+        groups.setdefault(ex.group, set()).add(ex.item)
+    chosen: list[str] = []
+    for g in sorted(groups, key=lambda g: unit(seed, "llm", g)):
+        if len(chosen) >= n:
+            break
+        chosen.extend(sorted(groups[g]))
+    return chosen
+
+
+async def run_pointwise(
+    hset: HumanSet,
+    cset: CriteriaSet,
+    examples: Sequence[Example],
+    cfg: LLMConfig,
+    client: LLMClient | None,
+) -> tuple[dict[str, dict[str, float]], str, list[str]]:
+    """LLM scores for the test examples of one pointwise set, and where they come from."""
+    wanted = {ex.item for ex in examples if ex.set == hset.name}
+    if cfg.reuse_dir is not None:
+        old = reused(cfg.reuse_dir / hset.name, cset)
+        hits = {k: v for k, v in old.items() if k in wanted}
+        if hits:
+            note = (
+                f"reused {len(hits)} records judged by `judge eval` ({cfg.reuse_dir / hset.name})"
+            )
+            return hits, note, []
+    if client is None or cfg.slice_records <= 0:
+        return {}, "not run", []
+    ids = set(slice_items([e for e in examples if e.set == hset.name], cfg.slice_records, cfg.seed))
+    items: list[HumanItem] = [it for it in load_items(hset) if it.id in ids]
+    scored = await score_items(client, cset, items, OPTIONS, per_criterion=False)
+    out = {s.id: s.result.values() for s in scored if s.result is not None}
+    errors = [f"{s.id}: {s.error}" for s in scored if s.error]
+    note = f"live on {cfg.model}: {len(out)} records (slice of whole sources), {len(errors)} failed"
+    return out, note, errors
+
+
+async def run_pairs(
+    hset: HumanSet,
+    cset: CriteriaSet,
+    pairs: Sequence[Pair],
+    examples: dict[str, Example],
+    cfg: LLMConfig,
+    client: LLMClient | None,
+) -> tuple[dict[str, Vote], str, list[str]]:
+    """LLM verdicts (asked in both orders) on a slice of one pairwise set's test pairs."""
+    if client is None or cfg.slice_pairs <= 0:
+        return {}, "not run", []
+    mine = [p for p in pairs if p.set == hset.name and p.label != "tie"]
+    mine = sorted(mine, key=lambda p: unit(cfg.seed, "llm", p.first))[: cfg.slice_pairs]
+    human = {hp.id: hp for hp in load_pairs(hset)}
+    todo: list[tuple[Pair, HumanPair]] = []
+    for p in mine:
+        hp = human[examples[p.first].item.rsplit("|", 1)[0]]
+        todo.append((p, hp))
+    compared = await compare_pairs(client, cset, [hp for _, hp in todo], OPTIONS)
+    votes = {
+        f"{p.first}|{p.second}": c.verdict.winner
+        for (p, _), c in zip(todo, compared, strict=True)
+        if c.verdict is not None
+    }
+    errors = [f"{c.id}: {c.error}" for c in compared if c.error]
+    note = f"live on {cfg.model}: {len(votes)} pairs, asked in both orders, {len(errors)} failed"
+    return votes, note, errors
