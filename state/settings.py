@@ -131,7 +131,7 @@ class RefedSettings(BaseSettings):
         default="rouge-l",
         description="Near-duplicate control of new instructions against kept ones and the "
         "seeds: rouge-l (exact ROUGE-L, pruned index), minhash (MinHash-LSH candidates, "
-        "ROUGE-L verified; for large runs) or off.",
+        "ROUGE-L verified: less CPU, more memory, may miss a few) or off.",
     )
     near_dup_threshold: float = Field(
         default=0.7,
