@@ -34,6 +34,7 @@ VERSIONS = (
     "httpx",
     "pydantic",
     "aiosqlite",
+    "uvloop",
 )
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import re
 import sys
@@ -59,6 +60,24 @@ class RecordingTransport(HTTPTransport):
             }
         )
         return done
+
+
+def occupancy(records: list[dict[str, Any]], concurrency: int) -> tuple[float, float]:
+    """Time-weighted mean requests in flight over the span, and the share of the span
+    with fewer than ``concurrency`` in flight (what the graph's dependencies allowed)."""
+    events = sorted(
+        [(r["start"], 1) for r in records] + [(r["end"], -1) for r in records],
+        key=lambda e: (e[0], e[1]),
+    )
+    area = under = 0.0
+    level = 0
+    for (t, step), (t_next, _) in itertools.pairwise(events):
+        level += step
+        area += level * (t_next - t)
+        if level < concurrency:
+            under += t_next - t
+    span = events[-1][0] - events[0][0]
+    return area / span, under / span
 
 
 def scrape(base_url: str) -> dict[str, float]:
@@ -187,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         "other_requests_running_at_start": before["running"],
     }
     result["ratio"] = result["refed_tok_s"] / result["replay_tok_s"]
+    mean_in_flight, under = occupancy(RECORDS, args.concurrency)
+    result["refed_mean_in_flight"] = mean_in_flight
+    result["refed_share_of_span_under_concurrency"] = under
     print(json.dumps(result), file=sys.stderr)
-    pct = (lambda x: f"{100 * x:.0f}%" if x is not None else "-")  # noqa: E731
+    pct = lambda x: f"{100 * x:.0f}%" if x is not None else "-"  # noqa: E731
     print(
         table(
             [
@@ -197,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 "Refed tok/s",
                 "replay tok/s",
                 "Refed / replay",
+                "Refed mean in flight",
                 "prefix-cache hit rate (Refed)",
                 "Refed's share of window prompt tokens",
             ],
@@ -207,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{result['refed_tok_s']:.1f}",
                     f"{result['replay_tok_s']:.1f}",
                     f"**{result['ratio']:.2f}**",
+                    f"{mean_in_flight:.1f} ({pct(under)} of the time under {args.concurrency})",
                     pct(result["prefix_hit_rate_refed"]),
                     pct(result["refed_share_of_window_prompt_tokens"]),
                 ]

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", type=Path, help="Output JSONL (default INPUT.metric.jsonl).")
     sc.add_argument("--key", default="metric")
 
+    tb = sub.add_parser("table", help="Re-render results.md and the model card.")
+    tb.add_argument("out", type=Path, nargs="?", default=Path("runs/metric"))
+
     sv = sub.add_parser("serve", help="Serve a saved folder with vLLM (/score).")
     sv.add_argument("--model", type=Path, default=Path("runs/metric/model"))
     sv.add_argument("--port", type=int, default=8392)
@@ -186,9 +189,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table(args: argparse.Namespace) -> int:
+    from metric.experiment import model_card, results_markdown
+
+    results = json.loads((args.out / "results.json").read_text())
+    (args.out / "results.md").write_text(results_markdown(results))
+    if (args.out / "model" / "config.json").is_file():
+        (args.out / "model" / "README.md").write_text(model_card(results))
+    print((args.out / "results.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"run": cmd_run, "score": cmd_score, "serve": cmd_serve}[args.cmd](args)
+    commands = {"run": cmd_run, "score": cmd_score, "serve": cmd_serve, "table": cmd_table}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -408,17 +408,29 @@ def results_markdown(results: dict[str, Any]) -> str:
         ("pair_accuracy", "Pairwise accuracy"),
     ):
         out.append(f"### {title}\n")
-        out.append("| task | set | criterion | level | " + " | ".join(methods) + " |")
-        out.append("|---|---|---|---|" + "---|" * len(methods))
+        out.append("| task | set | criterion | level | n | " + " | ".join(methods) + " |")
+        out.append("|---|---|---|---|---|" + "---|" * len(methods))
         for task, set_name, criterion in keys:
             if metric != "pair_accuracy" and levels.get((task, set_name, criterion)) == "pair":
                 continue
             cells = [_cell(index, (m, task, set_name, criterion), metric) for m in methods]
             level = levels.get((task, set_name, criterion), "")
+            ref = index.get(("multi", task, set_name, criterion)) or index.get(
+                ("untrained", task, set_name, criterion), {}
+            )
+            size = ref.get("n_pairs") if metric == "pair_accuracy" else ref.get("n")
             out.append(
-                f"| {task} | {set_name} | {criterion} | {level} | " + " | ".join(cells) + " |"
+                f"| {task} | {set_name} | {criterion} | {level} | {size} | "
+                + " | ".join(cells)
+                + " |"
             )
         out.append("")
+    out.append(
+        "n: test texts (Spearman, Kendall) or test pairs (pairwise accuracy: pairs of one source "
+        "whose human ratings differ; Auto-J: pairs people did not call a tie). The LLM column "
+        "covers fewer texts (notes below). With n texts a Spearman coefficient has a 95% "
+        "interval of roughly +-1.96/sqrt(n-3): +-0.25 at n = 66, +-0.12 at n = 256.\n"
+    )
     out.append("### Means over criteria (Spearman for rated sets, pairwise accuracy for Auto-J)\n")
     out.append("| task | set | " + " | ".join(methods) + " |")
     out.append("|---|---|" + "---|" * len(methods))

@@ -170,7 +170,9 @@ class Trunk:
         todo = {k: len(v.input_ids) for k, v in encoded.items() if k not in self.cache}
         bert = self.model.bert
         batches = length_batches(todo, batch_size)
-        for ids in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if batches else True):
+        for ids in tqdm(
+            batches, desc=desc, unit="batch", leave=False, disable=None if batches else True
+        ):
             input_ids, mask = _pad([torch.tensor(encoded[k].input_ids) for k in ids])
             types, _ = _pad([torch.tensor(encoded[k].token_type_ids) for k in ids])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
@@ -227,7 +229,9 @@ def predict(
     lengths = {k: int(trunk.cache[k].shape[0]) for k in ids}
     out: dict[str, float] = {}
     batches = length_batches(lengths, batch_size)
-    for chunk in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if batches else True):
+    for chunk in tqdm(
+        batches, desc=desc, unit="batch", leave=False, disable=None if batches else True
+    ):
         hidden, mask = trunk.batch(chunk)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=trunk.bf16):
             logits = head(hidden, mask)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from langgraph.runtime import Runtime
 
-from metric.evaluate import concordance, pointwise_rows
+from metric.evaluate import pointwise_rows
 from metric.text import sigmoid
 from state.context import RefedContext
 from state.graph_state import CandidateState
@@ -37,12 +37,6 @@ def test_tiny_training_beats_the_untrained_encoder(tiny: Tiny) -> None:
     untrained = _mean_spearman(tiny, tiny.untrained)
     assert trained > untrained + 0.05, (trained, untrained)
     assert trained > 0.1, trained
-    ids = [e.uid for e in tiny.test]
-    human = [float(e.rating or 0) for e in tiny.test]
-    groups = [f"{e.group}|{e.criterion}" for e in tiny.test]
-    acc_t, n = concordance([tiny.trained[k] for k in ids], human, groups)
-    acc_u, _ = concordance([tiny.untrained[k] for k in ids], human, groups)
-    assert n > 20 and acc_t > acc_u, (acc_t, acc_u, n)
     assert tiny.seconds < 600
 
 
