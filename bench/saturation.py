@@ -238,7 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     if args.json:
-        args.json.write_text(json.dumps({**info, **result}, indent=2))
+        timings = [
+            {k: r[k] for k in ("start", "end", "prompt_tokens", "completion_tokens")}
+            for r in RECORDS
+        ]
+        args.json.write_text(json.dumps({**info, **result, "requests_timing": timings}, indent=2))
     return 0
 
 

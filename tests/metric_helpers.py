@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from graph.judge_sets import JUDGE_DATA
+from metric.data import Example
 
 
 def need_base() -> Path:
@@ -34,7 +35,7 @@ class Tiny:
     folder: Path
     trained: dict[str, float]
     untrained: dict[str, float]
-    test: list  # type: ignore[type-arg]
+    test: list[Example]
     trunk_logits: dict[str, float]
     seconds: float
 

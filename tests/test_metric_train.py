@@ -125,6 +125,22 @@ async def test_metric_judge_node_pairwise_filter_with_the_encoder(tiny: Tiny) ->
     assert update["judgement"].passed is (verdict.winner == "second")
 
 
+@pytest.mark.slow
+async def test_metric_judge_node_candidates_at_once(tiny: Tiny) -> None:
+    """The fan-out judges several candidates together: the model loads once, and scoring
+    from several threads neither fails nor raises through the graph."""
+    import asyncio
+
+    from nodes.metric_judge import metric_judge
+
+    target = f"{tiny.folder}/."  # a new cache key: the first calls race to load it
+    ctx = RefedContext(judge_backend="encoder", judge_encoder=target, judge_bar=1.0)
+    states = [_state(f"The hotel allows dogs, {i} of them.") for i in range(6)]
+    updates = await asyncio.gather(*(metric_judge(s, Runtime(context=ctx)) for s in states))
+    assert all("error" not in u for u in updates), updates
+    assert len({u["judgement"].mean for u in updates}) > 1
+
+
 async def test_metric_judge_node_reports_a_missing_model(tmp_path: Path) -> None:
     from nodes.metric_judge import metric_judge
 
