@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,13 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from bench.common import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -101,7 +96,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="fake LLM latency (s)")
     args = parser.parse_args()
 
-    fake_port, svc_port = _port(), _port()
+    fake_port, svc_port = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="refed-load-"))
     fake = subprocess.Popen(
         [

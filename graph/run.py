@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from langgraph.graph.state import CompiledStateGraph
 import prompts
 from graph.builder import compile_graph
 from graph.checkpoint import sqlite_saver
+from graph.endpoint import llm_endpoint
 from graph.logs import add_secret, configure_logging, redact
 from graph.progress import Progress
 from graph.quality import QualityGate
@@ -309,19 +308,6 @@ async def run_batch(
     return RunResult(settings.out, manifest, manifest.stats, runner.failed, interrupted)
 
 
-@contextlib.contextmanager
-def _endpoint(settings: RefedSettings) -> Iterator[tuple[str, str]]:
-    """The given endpoint, or the embedded vLLM CPU server started for this run."""
-    if settings.base_url:
-        yield settings.base_url, settings.model
-        return
-    from embedded.server import EmbeddedServer
-
-    settings.out.mkdir(parents=True, exist_ok=True)
-    with EmbeddedServer(log_file=settings.out / "vllm.log") as server:
-        yield server.base_url, server.model
-
-
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's loop where it is installed (less CPU per LLM call), else asyncio's."""
     try:
@@ -398,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(130)
 
     try:
-        with _endpoint(settings) as (base_url, model):
+        with llm_endpoint(settings, settings.out) as (base_url, model):
             settings = settings.model_copy(update={"model": model})
             main_task = loop.create_task(run_batch(settings, references, base_url=base_url))
             for sig in (signal.SIGINT, signal.SIGTERM):
