@@ -2,17 +2,21 @@
 
     START → reference_analysis → feedback_distillation → synthesis ─Send─► candidate
     candidate:  respond → self_critique → metric_judge ─(under the bar, rounds left)─┐
-                              ▲                        └────────► finalize → END     │
+                              ▲                        └────────► END (closed)       │
                               └──────────────────────────────────────────────────────┘
 
 In ``sample`` and ``none`` modes the thread starts at synthesis; in ``none`` mode
 respond goes straight to the judge. Any node that fails sets ``error`` and the
-thread (or candidate) goes to its end, so one failure never cancels siblings.
+thread (or candidate) goes to its end, so one failure never cancels siblings. The
+candidate step that ends a candidate also closes it (``nodes.finalize``: accepted,
+rejected with the reason, or failed) in the same step.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -28,6 +32,7 @@ from nodes.self_critique import self_critique
 from nodes.synthesis import synthesis
 from state.context import RefedContext
 from state.graph_state import CandidateInput, CandidateOutput, CandidateState, ReferenceState
+from state.records import Usage
 
 
 def _start(state: ReferenceState, runtime: Runtime[RefedContext]) -> str:
@@ -59,18 +64,53 @@ def _fan_out(state: ReferenceState) -> list[Send] | str:
 
 def _after_respond(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
     if state.error:
-        return "finalize"
+        return END
     return "metric_judge" if runtime.context.feedback_mode == "none" else "self_critique"
 
 
-def _after_critique(state: CandidateState) -> str:
-    return "finalize" if state.error else "metric_judge"
+def _after_critique(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
+    return END if state.error else "metric_judge"
 
 
 def _after_judge(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
     if state.error:
-        return "finalize"
-    return "self_critique" if wants_revision(state, runtime.context) else "finalize"
+        return END
+    return "self_critique" if wants_revision(state, runtime.context) else END
+
+
+Route = Callable[[CandidateState, Runtime[RefedContext]], str]
+
+
+class Node(Protocol):
+    def __call__(
+        self, state: CandidateState, runtime: Runtime[RefedContext]
+    ) -> Awaitable[dict[str, Any]]: ...
+
+
+def _after_update(state: CandidateState, update: dict[str, Any]) -> CandidateState:
+    """The state the next step would see (usage adds up, as its reducer does)."""
+    fields = {k: v for k, v in update.items() if k != "candidates"}
+    if "usage" in fields:
+        fields["usage"] = state.usage + Usage.model_validate(fields["usage"])
+    return state.model_copy(update=fields)
+
+
+def _closing(node: Node, route: Route) -> Node:
+    """Run ``node``; when the candidate ends after it, :func:`finalize` it in the same step.
+
+    Closing in place of a separate step saves one superstep and one checkpoint per
+    candidate (about an eighth of the graph's steps); the record is the same.
+    """
+
+    @functools.wraps(node)
+    async def step(state: CandidateState, runtime: Runtime[RefedContext]) -> dict[str, Any]:
+        update = await node(state, runtime)
+        after = _after_update(state, update)
+        if route(after, runtime) == END:
+            update = {**update, **await finalize(after)}
+        return update
+
+    return step
 
 
 def build_candidate_graph() -> StateGraph[
@@ -82,17 +122,13 @@ def build_candidate_graph() -> StateGraph[
         input_schema=CandidateInput,
         output_schema=CandidateOutput,
     )
-    g.add_node("respond", respond)
-    g.add_node("self_critique", self_critique)
-    g.add_node("metric_judge", metric_judge)
-    g.add_node("finalize", finalize)
+    g.add_node("respond", _closing(respond, _after_respond))
+    g.add_node("self_critique", _closing(self_critique, _after_critique))
+    g.add_node("metric_judge", _closing(metric_judge, _after_judge))
     g.add_edge(START, "respond")
-    g.add_conditional_edges(
-        "respond", _after_respond, ["self_critique", "metric_judge", "finalize"]
-    )
-    g.add_conditional_edges("self_critique", _after_critique, ["metric_judge", "finalize"])
-    g.add_conditional_edges("metric_judge", _after_judge, ["self_critique", "finalize"])
-    g.add_edge("finalize", END)
+    g.add_conditional_edges("respond", _after_respond, ["self_critique", "metric_judge", END])
+    g.add_conditional_edges("self_critique", _after_critique, ["metric_judge", END])
+    g.add_conditional_edges("metric_judge", _after_judge, ["self_critique", END])
     return g
 
 
