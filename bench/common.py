@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,20 +83,49 @@ def free_port() -> int:
 
 
 class FakeServer:
-    """``bench.fake_server`` in its own process, for one measurement."""
+    """``bench.fake_server`` in its own process, for one measurement or one test.
 
-    def __init__(self, latency: float) -> None:
+    ``fault_rate``, ``faults``, ``fault_seed``, ``down_after``, ``hang`` and
+    ``retry_after`` are the server's fault-injection flags (see ``bench.fake_server``);
+    ``extra_args`` passes any other flag through.
+    """
+
+    def __init__(
+        self,
+        latency: float,
+        *,
+        fault_rate: float = 0.0,
+        faults: Sequence[str] | None = None,
+        fault_seed: int | None = None,
+        down_after: int | None = None,
+        hang: float | None = None,
+        retry_after: float | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.port = free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.fake_server",
+            "--port",
+            str(self.port),
+            "--latency",
+            str(latency),
+        ]
+        if fault_rate:
+            cmd += ["--fault-rate", str(fault_rate)]
+        if faults is not None:
+            cmd += ["--faults", ",".join(faults)]
+        for flag, value in (
+            ("--fault-seed", fault_seed),
+            ("--down-after", down_after),
+            ("--hang", hang),
+            ("--retry-after", retry_after),
+        ):
+            if value is not None:
+                cmd += [flag, str(value)]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench.fake_server",
-                "--port",
-                str(self.port),
-                "--latency",
-                str(latency),
-            ],
+            [*cmd, *extra_args],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -110,6 +140,7 @@ class FakeServer:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
+                self.stop()
                 raise TimeoutError("fake server did not start")
             time.sleep(0.05)
 
@@ -117,8 +148,21 @@ class FakeServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def stats(self) -> dict[str, Any]:
-        return dict(httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=10).json())
+        return dict(httpx.get(f"{self.root_url}/stats", timeout=10).json())
+
+    def down(self, seconds: float | None = None) -> None:
+        """Drop every chat request from now on (for ``seconds``, or until :meth:`up`)."""
+        params = {"for": str(seconds)} if seconds is not None else None
+        httpx.post(f"{self.root_url}/admin/down", params=params, timeout=10).raise_for_status()
+
+    def up(self) -> None:
+        """Answer again (also ends ``down_after``)."""
+        httpx.post(f"{self.root_url}/admin/up", timeout=10).raise_for_status()
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -228,3 +272,37 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
+
+
+def start_workers(
+    n: int, run_args: Sequence[str], *, store: str, env: dict[str, str] | None = None
+) -> list[subprocess.Popen[str]]:
+    """``n`` ``python -m graph.run`` workers on one run kept in Postgres (graph/pgstore.py).
+
+    ``run_args`` are the run's flags (``--seeds``, ``--base-url``, ``--out``, …), the same for
+    every worker: the run is named by ``--out`` in the store, and the workers share its
+    references through leases. Wait for them with :func:`wait_workers`.
+    """
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "graph.run", *run_args, "--store", store],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        for _ in range(n)
+    ]
+
+
+def wait_workers(procs: Sequence[subprocess.Popen[str]], timeout: float = 1800) -> list[str]:
+    """Wait for every worker; their stderr, in order. A worker that failed raises."""
+    errors = []
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        if proc.returncode != 0:
+            raise RuntimeError(f"graph.run worker exited with {proc.returncode}:\n{err[-3000:]}")
+        errors.append(err)
+    return errors

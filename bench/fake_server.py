@@ -8,17 +8,40 @@ text. It reports its own CPU time at ``/stats`` so a benchmark can show it is
 not the bottleneck.
 
     python -m bench.fake_server --port 8100 --latency 0.2
+
+For reliability tests it injects faults: ``--fault-rate 0.2`` answers that share of
+chat requests with a fault drawn from ``--faults`` (comma-separated kinds, all of
+:data:`FAULT_KINDS` by default; ``--fault-seed`` makes the draw repeatable):
+
+    429        rate limited, with a ``Retry-After`` header (``--retry-after`` seconds)
+    500, 503   server errors with an OpenAI-style error body
+    reset      the connection is dropped halfway through the body
+    timeout    no answer for ``--hang`` seconds (longer than the client's timeout)
+    truncated  a 200 whose JSON body is cut in half
+    nonjson    a 200 with an HTML page instead of JSON
+    length     a 200 with half the content and ``finish_reason: length``
+    badschema  a 200 whose content is JSON that violates the requested schema
+    auth       (not in the default set) a 401 that echoes the bearer token back, as
+               some servers do, to check that clients never print it
+
+``--down-after N`` drops every chat request after the N-th (connection reset), as
+if the server were gone; ``POST /admin/down`` and ``POST /admin/up`` do the same by
+hand (``/admin/down?for=S`` comes back up by itself after S seconds). ``/stats``
+counts requests and the faults injected by kind.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import random
 import resource
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -59,52 +82,155 @@ def instance(schema: dict[str, Any], defs: dict[str, Any], salt: str) -> Any:
     return None
 
 
+FAULT_KINDS = (
+    "429",
+    "500",
+    "503",
+    "reset",
+    "timeout",
+    "truncated",
+    "nonjson",
+    "length",
+    "badschema",
+)
+"""The faults ``--faults`` injects by default."""
+EXTRA_FAULT_KINDS = ("auth",)
+
+
 class FakeServer:
-    def __init__(self, latency: float = 0.05, model: str = "fake") -> None:
+    def __init__(
+        self,
+        latency: float = 0.05,
+        model: str = "fake",
+        *,
+        fault_rate: float = 0.0,
+        faults: Sequence[str] = FAULT_KINDS,
+        fault_seed: int | None = None,
+        down_after: int | None = None,
+        hang: float = 30.0,
+        retry_after: float = 1.0,
+        capacity: int | None = None,
+    ) -> None:
+        unknown = set(faults) - set(FAULT_KINDS) - set(EXTRA_FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds: {', '.join(sorted(unknown))}")
+        if fault_rate > 0 and not faults:
+            raise ValueError("--fault-rate needs at least one fault kind")
         self.latency = latency
         self.model = model
+        self.slots = asyncio.Semaphore(capacity) if capacity else None
+        """``capacity``: at most this many requests processed at once, the others wait."""
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.fault_rate = fault_rate
+        self.faults = tuple(faults)
+        self.rng = random.Random(fault_seed)
+        self.down_after = down_after
+        self.hang = hang
+        self.retry_after = retry_after
+        self.down = False
+        self.up_at: float | None = None
+        """When a timed ``/admin/down?for=S`` ends (monotonic seconds)."""
+        self.injected: dict[str, int] = {}
+        self.refused = 0
+        self.answered = 0
 
-    async def chat(self, request: web.Request) -> web.Response:
+    def is_down(self) -> bool:
+        if self.down and self.up_at is not None and time.monotonic() >= self.up_at:
+            self.down, self.up_at = False, None
+        if self.down_after is not None and self.requests > self.down_after:
+            return True
+        return self.down
+
+    def draw_fault(self) -> str | None:
+        if self.fault_rate <= 0 or self.rng.random() >= self.fault_rate:
+            return None
+        return self.rng.choice(self.faults)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests += 1
+        if self.is_down():
+            self.refused += 1
+            return await _drop(request, b"")
+        fault = self.draw_fault()
+        if fault is not None:
+            self.injected[fault] = self.injected.get(fault, 0) + 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await asyncio.sleep(self.latency)
+            async with self.slots or contextlib.nullcontext():
+                await asyncio.sleep(self.hang if fault == "timeout" else self.latency)
         finally:
             self.in_flight -= 1
+        if fault is not None and fault != "timeout":
+            return await self.faulty(request, body, fault)
+        self.answered += 1
+        return web.json_response(self.completion(body))
+
+    def completion(
+        self, body: dict[str, Any], *, content: str | None = None, finish: str = "stop"
+    ) -> dict[str, Any]:
         salt = f"{self.requests}:{body.get('seed')}:{len(json.dumps(body['messages']))}"
         fmt = body.get("response_format") or {}
-        if fmt.get("type") == "json_schema":
+        if content is not None:
+            pass
+        elif fmt.get("type") == "json_schema":
             schema = fmt["json_schema"]["schema"]
             content = json.dumps(instance(schema, schema.get("$defs", {}), salt))
         else:
             content = f"A fake answer ({salt})."
         prompt_tokens = sum(len(m.get("content", "")) for m in body["messages"]) // 4
         completion_tokens = max(1, len(content) // 4)
-        return web.json_response(
-            {
-                "id": f"chatcmpl-{self.requests}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", self.model),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            }
-        )
+        return {
+            "id": f"chatcmpl-{self.requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", self.model),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    async def faulty(
+        self, request: web.Request, body: dict[str, Any], fault: str
+    ) -> web.StreamResponse:
+        """The answer for an injected ``fault`` (any kind but ``timeout``)."""
+        if fault in ("429", "500", "503"):
+            status = int(fault)
+            headers = {"Retry-After": f"{self.retry_after:g}"} if status == 429 else None
+            error = {"message": f"injected fault {fault}", "type": "fake_fault", "code": status}
+            return web.json_response({"error": error}, status=status, headers=headers)
+        if fault == "auth":
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            error = {"message": f"Incorrect API key provided: {token}", "code": 401}
+            return web.json_response({"error": error}, status=401)
+        if fault == "reset":
+            return await _drop(request, json.dumps(self.completion(body)).encode())
+        if fault == "truncated":
+            raw = json.dumps(self.completion(body)).encode()
+            return web.Response(body=raw[: len(raw) // 2], content_type="application/json")
+        if fault == "nonjson":
+            page = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+            return web.Response(text=page, content_type="text/html")
+        if fault == "length":
+            full = self.completion(body)["choices"][0]["message"]["content"]
+            return web.json_response(
+                self.completion(body, content=full[: len(full) // 2], finish="length")
+            )
+        if fault == "badschema":
+            return web.json_response(self.completion(body, content='{"unexpected": [1, 2]}'))
+        raise AssertionError(fault)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -116,18 +242,47 @@ class FakeServer:
         return web.json_response(
             {
                 "requests": self.requests,
+                "answered": self.answered,
                 "max_in_flight": self.max_in_flight,
+                "faults": dict(sorted(self.injected.items())),
+                "refused": self.refused,
+                "down": self.is_down(),
                 "cpu_seconds": usage.ru_utime + usage.ru_stime,
                 "pid": os.getpid(),
             }
         )
+
+    async def admin_down(self, request: web.Request) -> web.Response:
+        self.down = True
+        seconds = request.query.get("for")
+        self.up_at = time.monotonic() + float(seconds) if seconds else None
+        return web.json_response({"down": True, "for": seconds})
+
+    async def admin_up(self, request: web.Request) -> web.Response:
+        self.down, self.up_at, self.down_after = False, None, None
+        return web.json_response({"down": False})
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/stats", self.stats)
+        app.router.add_post("/admin/down", self.admin_down)
+        app.router.add_post("/admin/up", self.admin_up)
         return app
+
+
+async def _drop(request: web.Request, raw: bytes) -> web.StreamResponse:
+    """Promise ``raw`` (a whole body), send half of it, then reset the connection."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.content_length = max(len(raw), 1)
+    await resp.prepare(request)
+    if raw:
+        await resp.write(raw[: len(raw) // 2])
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return resp
 
 
 def main() -> None:
@@ -135,9 +290,43 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument(
+        "--fault-rate", type=float, default=0.0, help="share of chat requests given a fault"
+    )
+    parser.add_argument(
+        "--faults",
+        default=",".join(FAULT_KINDS),
+        help=f"comma-separated fault kinds (of {', '.join(FAULT_KINDS + EXTRA_FAULT_KINDS)})",
+    )
+    parser.add_argument("--fault-seed", type=int, default=None, help="seed of the fault draw")
+    parser.add_argument(
+        "--down-after", type=int, default=None, help="drop every chat request after the N-th"
+    )
+    parser.add_argument(
+        "--hang", type=float, default=30.0, help="seconds a 'timeout' fault keeps silent"
+    )
+    parser.add_argument(
+        "--retry-after", type=float, default=1.0, help="Retry-After seconds of a 429"
+    )
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        help="requests processed at once (the others wait): throughput = capacity/latency",
+    )
     args = parser.parse_args()
+    server = FakeServer(
+        args.latency,
+        fault_rate=args.fault_rate,
+        faults=[k.strip() for k in args.faults.split(",") if k.strip()],
+        fault_seed=args.fault_seed,
+        down_after=args.down_after,
+        hang=args.hang,
+        retry_after=args.retry_after,
+        capacity=args.capacity,
+    )
     web.run_app(
-        FakeServer(args.latency).app(),
+        server.app(),
         host=args.host,
         port=args.port,
         print=lambda *_: print(f"fake server on http://{args.host}:{args.port}/v1", flush=True),

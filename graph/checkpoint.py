@@ -67,6 +67,8 @@ class InlineSqliteSaver(SqliteSaver):
     """Commit once per event-loop turn instead of once per statement (see ``cursor``)."""
 
     _commit_pending = False
+    _commit_error: sqlite3.Error | None = None
+    """A deferred commit that failed (a full disk): raised by the next write."""
 
     @contextmanager
     def cursor(self, transaction: bool = True) -> Iterator[sqlite3.Cursor]:
@@ -74,6 +76,8 @@ class InlineSqliteSaver(SqliteSaver):
         the current event-loop turn, so the writes of one turn share one commit (and one
         WAL append). A ``kill -9`` can lose only the writes of the turn it hit, the same
         as being killed a moment earlier; no write is ever half done."""
+        if self._commit_error is not None:
+            raise self._commit_error
         with self.lock:
             self.setup()
             cur = self.conn.cursor()
@@ -95,7 +99,13 @@ class InlineSqliteSaver(SqliteSaver):
             return
         if not self._commit_pending:
             self._commit_pending = True
-            loop.call_soon(self.commit)
+            loop.call_soon(self._deferred_commit)
+
+    def _deferred_commit(self) -> None:
+        try:
+            self.commit()
+        except sqlite3.Error as exc:  # no caller to tell now: the next write raises it
+            self._commit_error = exc
 
     def commit(self) -> None:
         """Commit what is pending now (also done when the saver is closed)."""

@@ -21,10 +21,10 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import prompts
 from graph.judge_eval import (
@@ -50,7 +50,7 @@ from graph.judge_sets import (
 )
 from graph.logs import add_secret
 from nodes.judging import JudgeOptions, compare, score_record
-from nodes.llm import LLMClient, LLMError, openai_chat_model
+from nodes.llm import LLMClient, LLMError, openai_transport
 from state.criteria import CriteriaError, CriteriaSet
 from state.settings import RefedSettings, add_settings_flags, settings_from_args
 
@@ -124,7 +124,7 @@ def judge_endpoint(settings: RefedSettings, log_dir: Path) -> Iterator[tuple[str
 
 
 def make_client(settings: RefedSettings, base_url: str, model: str) -> LLMClient:
-    chat = openai_chat_model(
+    chat = openai_transport(
         base_url, model, settings.api_key.get_secret_value(), timeout=settings.timeout
     )
     return LLMClient(
@@ -133,6 +133,21 @@ def make_client(settings: RefedSettings, base_url: str, model: str) -> LLMClient
         max_retries=settings.max_retries,
         name="judge",
     )
+
+
+_T = TypeVar("_T")
+
+
+def run_closing(client: LLMClient, work: Awaitable[_T]) -> _T:
+    """``asyncio.run(work)``, then close the client's connections in that same loop."""
+
+    async def main() -> _T:
+        try:
+            return await work
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
 
 
 class Ticker:
@@ -269,7 +284,8 @@ def cmd_score(args: argparse.Namespace, settings: RefedSettings) -> int:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                     fh.flush()
 
-            ok, failed = asyncio.run(
+            ok, failed = run_closing(
+                client,
                 score_file(
                     client,
                     cset,
@@ -282,7 +298,7 @@ def cmd_score(args: argparse.Namespace, settings: RefedSettings) -> int:
                     chunk=max(8, 4 * _concurrency(settings)),
                     write=write,
                     progress=Ticker("scored"),
-                )
+                ),
             )
     if parquet:
         import pyarrow as pa
@@ -390,8 +406,9 @@ def cmd_eval(args: argparse.Namespace, settings: RefedSettings) -> int:
             log = JudgedLog(out, config)
             timer = Timer()
             try:
-                compared = asyncio.run(
-                    compare_pairs(client, cset, pairs, opts, log=log, progress=Ticker("compared"))
+                compared = run_closing(
+                    client,
+                    compare_pairs(client, cset, pairs, opts, log=log, progress=Ticker("compared")),
                 )
             finally:
                 log.close()
@@ -421,7 +438,8 @@ def cmd_eval(args: argparse.Namespace, settings: RefedSettings) -> int:
         log = JudgedLog(out, config)
         timer = Timer()
         try:
-            scored = asyncio.run(
+            scored = run_closing(
+                client,
                 score_items(
                     client,
                     cset,
@@ -430,7 +448,7 @@ def cmd_eval(args: argparse.Namespace, settings: RefedSettings) -> int:
                     per_criterion=per_criterion,
                     log=log,
                     progress=Ticker("judged"),
-                )
+                ),
             )
         finally:
             log.close()

@@ -2,7 +2,9 @@
 
 Each record is one line written with a single ``write`` and flushed, so a killed
 process leaves at most one torn last line; opening a ledger cuts such a line off
-(logged) before appending. Nothing else is ever rewritten.
+(logged) before appending. A write the disk refuses part-way (full, over quota or
+the file size limit) is cut back to the last whole record before the error is
+raised, so the ledger never holds half a record. Nothing else is ever rewritten.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 import structlog
 from pydantic import BaseModel
@@ -27,7 +29,7 @@ class LedgerError(RuntimeError):
 class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh: IO[bytes] | None = None
+        self._fd: int | None = None
         self._repair()
 
     def _repair(self) -> None:
@@ -66,20 +68,34 @@ class Ledger:
         payload = b"".join(r.model_dump_json().encode() + b"\n" for r in records)
         if not payload:
             return 0
-        if self._fh is None:
-            self._fh = self.path.open("ab")
         try:
-            self._fh.write(payload)
-            self._fh.flush()
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            size = os.fstat(self._fd).st_size
         except OSError as exc:
+            raise LedgerError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        view = memoryview(payload)
+        try:
+            while view:  # unbuffered: a short write is finished here or undone below
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self._undo(size)
             raise LedgerError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         return payload.count(b"\n")
 
+    def _undo(self, size: int) -> None:
+        """Cut what a failed append wrote (shrinking a file needs no new space)."""
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:  # the torn tail is then cut when the ledger is next opened
+            log.error("ledger_undo_failed", file=str(self.path), error=str(exc))
+
     def sync(self) -> None:
-        if self._fh is not None:
-            os.fsync(self._fh.fileno())
+        if self._fd is not None:
+            os.fsync(self._fd)
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -37,8 +37,15 @@ class _Sink:
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
         line = redact(json.dumps(event, default=str, ensure_ascii=False))
         if self.file is not None:
-            self.file.write(line + "\n")
-            self.file.flush()
+            try:
+                self.file.write(line + "\n")
+                self.file.flush()
+            except OSError as exc:  # a full disk must not turn every log call into a crash
+                self.file = None
+                print(
+                    redact(f"[error] log file not writable, logging to stderr: {exc}"),
+                    file=sys.stderr,
+                )
         if _LEVELS.get(event.get("level", "info"), 20) >= self.console_level:
             extras = " ".join(
                 f"{k}={v}" for k, v in event.items() if k not in ("event", "level", "timestamp")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import math
 import signal
+import sqlite3
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +29,16 @@ import prompts
 from graph.builder import compile_graph
 from graph.checkpoint import sqlite_saver
 from graph.endpoint import llm_endpoint
+from graph.ledger import LedgerError
 from graph.logs import add_secret, configure_logging, redact
 from graph.progress import Progress
 from graph.quality import QualityGate
 from graph.quality.benchmarks import BenchmarkError, load_benchmarks
 from graph.runfolder import Manifest, RunConfigMismatch, RunFolder
 from graph.seeds import SeedError, read_seeds
-from nodes.llm import LLMClient, openai_transport, register_client, unregister_client
+from nodes.balancer import endpoint_client, endpoint_stats
+from nodes.circuit import CircuitBreaker, CircuitOpen
+from nodes.llm import LLMClient, register_client, unregister_client
 from state.context import RefedContext
 from state.graph_state import ReferenceState
 from state.records import (
@@ -52,6 +57,10 @@ log = structlog.get_logger("refed.run")
 
 MANIFEST_EVERY = 1.0
 """Seconds between run.json rewrites while running (resume reads the ledgers, not these)."""
+STOP_GRACE = 8.0
+"""Seconds the first Ctrl-C/SIGTERM gives the run to cancel and save; then it exits at once."""
+EXIT_SERVER_UNAVAILABLE = 75
+"""Exit status when the circuit breaker stopped the run (sysexits' EX_TEMPFAIL: try later)."""
 
 
 @dataclass
@@ -61,13 +70,16 @@ class RunResult:
     stats: RunStats
     failed_references: list[str]
     interrupted: bool = False
+    endpoints: list[dict[str, Any]] = field(default_factory=list)
+    """Per-endpoint counters of the generator's client (in flight, limit, calls, ...)."""
 
 
 def default_workers(settings: RefedSettings) -> int:
-    """References in flight: enough candidates to keep ``concurrency`` requests busy."""
+    """References in flight: enough candidates to keep ``concurrency`` busy on each endpoint."""
     if settings.workers:
         return settings.workers
-    return max(2, math.ceil(2 * settings.concurrency / settings.per_reference))
+    endpoints = max(1, len(settings.base_urls))
+    return max(2, math.ceil(2 * settings.concurrency * endpoints / settings.per_reference))
 
 
 class Runner:
@@ -180,9 +192,11 @@ class Runner:
                 return
             try:
                 await self.process(ref)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug or a storage error: keep the others going
+            except (asyncio.CancelledError, CircuitOpen, LedgerError):
+                raise  # the whole run stops: the server is gone or the disk will not take more
+            except Exception as exc:  # a bug: keep the others going
+                if _storage_error(exc):
+                    raise LedgerError(f"cannot write to {self.folder.path}: {exc}") from exc
                 self.failed.append(ref.id)
                 log.error(
                     "reference_crashed", reference_id=ref.id, error=redact(repr(exc)), exc_info=True
@@ -194,7 +208,12 @@ class Runner:
                 if now - self._manifest_at >= MANIFEST_EVERY:  # and always at the end
                     self._manifest_at = now
                     self.manifest.stats = self.folder.stats(self.requests())
-                    self.folder.write_manifest(self.manifest)
+                    try:
+                        self.folder.write_manifest(self.manifest)
+                    except OSError as exc:
+                        raise LedgerError(
+                            f"cannot write {self.folder.manifest_path}: {exc.strerror or exc}"
+                        ) from exc
 
     async def run(self, references: list[Reference]) -> None:
         # The gate's index is rebuilt from the seeds and samples.jsonl on every start.
@@ -215,15 +234,42 @@ class Runner:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(n):
                     tg.create_task(self.worker(queue))
+        except ExceptionGroup as group:  # the first run-stopping error, alone
+            fatal = group.subgroup((CircuitOpen, LedgerError))
+            if fatal is None:
+                raise
+            first: BaseException = fatal
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
         finally:
             self.progress.close()
 
 
-def _client_from_settings(settings: RefedSettings, base_url: str, model: str) -> LLMClient:
-    chat = openai_transport(
-        base_url, model, settings.api_key.get_secret_value(), timeout=settings.timeout
+def _storage_error(exc: BaseException) -> bool:
+    """A write the disk refused (full, read-only, over quota or size limit)."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.Error) and any(
+        mark in text for mark in ("disk is full", "disk i/o error", "readonly database")
     )
-    return LLMClient(chat, concurrency=settings.concurrency, max_retries=settings.max_retries)
+
+
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES})
+
+
+def _client_from_settings(settings: RefedSettings, base_url: str, model: str) -> LLMClient:
+    """``base_url``: one endpoint, or several separated by commas (balanced, see nodes.balancer)."""
+    return endpoint_client(
+        base_url,
+        model,
+        settings.api_key.get_secret_value(),
+        timeout=settings.timeout,
+        concurrency=settings.concurrency,
+        adaptive=not settings.fixed_concurrency,
+        max_retries=settings.max_retries,
+    )
 
 
 def _judge_client(
@@ -235,15 +281,13 @@ def _judge_client(
     judge_url = settings.judge_base_url or base_url
     if judge_url is None:
         raise ValueError("the judge needs judge_base_url or base_url")
-    chat = openai_transport(
+    client = endpoint_client(
         judge_url,
         settings.judge_model or settings.model,
         settings.api_key.get_secret_value(),
         timeout=settings.timeout,
-    )
-    client = LLMClient(
-        chat,
         concurrency=settings.judge_concurrency or settings.concurrency,
+        adaptive=not settings.fixed_concurrency,
         max_retries=settings.max_retries,
         name="judge",
     )
@@ -259,6 +303,10 @@ async def run_batch(
     client: LLMClient | None = None,
 ) -> RunResult:
     """Run (or resume) a batch over ``references`` with an LLM at ``base_url`` or ``client``."""
+    if settings.store:  # Postgres: several workers on one run (graph/pgstore.py)
+        from graph.pgstore import run_batch_pg
+
+        return await run_batch_pg(settings, references, base_url=base_url, client=client)
     base_url = base_url or settings.base_url
     if client is None:
         if base_url is None:
@@ -270,6 +318,10 @@ async def run_batch(
     key = f"run:{manifest.run_id}:{id(client)}"
     register_client(key, client)
     judge_key, judge_client = _judge_client(settings, base_url, key)
+    circuit = CircuitBreaker(settings.circuit_open_after) if settings.circuit_open_after else None
+    for used in (client, judge_client):  # one breaker for the run, whoever calls
+        if used is not None and used.circuit is None:
+            used.circuit = circuit
     context = RefedContext.from_settings(
         settings,
         base_url=base_url,
@@ -278,6 +330,7 @@ async def run_batch(
         judge_client_key=judge_key,
     )
     interrupted = False
+    stopped_by: BaseException | None = None
     try:
         async with sqlite_saver(folder.checkpoints) as saver:
             runner = Runner(
@@ -288,6 +341,9 @@ async def run_batch(
             except asyncio.CancelledError:
                 interrupted = True
                 raise
+            except (CircuitOpen, LedgerError) as exc:
+                stopped_by = exc
+                raise
             finally:
                 manifest.stats = folder.stats(runner.requests())
                 done = len(folder.done) >= len(references) and not runner.failed
@@ -296,7 +352,18 @@ async def run_batch(
                     if interrupted
                     else ("finished" if done or runner._target_reached() else "incomplete")
                 )
-                folder.write_manifest(manifest)
+                if isinstance(stopped_by, CircuitOpen):
+                    manifest.status = "server_unavailable"
+                elif stopped_by is not None:
+                    manifest.status = "storage_error"
+                try:
+                    folder.write_manifest(manifest)
+                except OSError as exc:  # a full disk: keep the error that stopped the run
+                    log.error("manifest_not_written", error=str(exc))
+                    if stopped_by is None:
+                        raise LedgerError(
+                            f"cannot write {folder.manifest_path}: {exc.strerror or exc}"
+                        ) from exc
     finally:
         unregister_client(key)
         if judge_key is not None:
@@ -305,7 +372,9 @@ async def run_batch(
         for used in (client, judge_client):
             if used is not None:
                 await used.aclose()
-    return RunResult(settings.out, manifest, manifest.stats, runner.failed, interrupted)
+    return RunResult(
+        settings.out, manifest, manifest.stats, runner.failed, interrupted, endpoint_stats(client)
+    )
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -341,6 +410,13 @@ def _summary(result: RunResult) -> str:
             f"per accepted sample: {s.llm_calls_per_accepted:.2f} calls, "
             f"{s.feedback_calls_per_accepted:.3f} feedback calls"
         )
+    if len(result.endpoints) > 1 or any(e["failures"] for e in result.endpoints):
+        for e in result.endpoints:
+            lines.append(
+                f"endpoint {e['base_url']}: {e['calls']} calls, {e['failures']} failed, "
+                f"limit {e['limit']:g} of {e['cap']} (peak {e['peak_in_flight']} in flight)"
+                + (", ejected" if e["ejected"] else "")
+            )
     return "\n".join(lines)
 
 
@@ -350,8 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.seeds:
         print("error: --seeds is required (a seed file, folder or hf:NAME)", file=sys.stderr)
         return 2
-    settings.out.mkdir(parents=True, exist_ok=True)
-    configure_logging(settings.out / "log.jsonl", level=settings.log_level)
+    try:
+        settings.out.mkdir(parents=True, exist_ok=True)
+        configure_logging(settings.out / "log.jsonl", level=settings.log_level)
+    except OSError as exc:
+        print(f"error: cannot use the run folder {settings.out}: {exc}", file=sys.stderr)
+        return 1
     try:
         references = read_seeds(
             settings.seeds, on_bad_record=settings.on_bad_record, limit=settings.limit
@@ -380,8 +460,13 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             main_task.cancel()
+            loop.call_later(STOP_GRACE, force_stop)
         else:
             raise SystemExit(130)
+
+    def force_stop() -> None:
+        print(f"still stopping after {STOP_GRACE:g} s: stopped at once", file=sys.stderr)
+        raise SystemExit(130)
 
     try:
         with llm_endpoint(settings, settings.out) as (base_url, model):
@@ -400,6 +485,20 @@ def main(argv: list[str] | None = None) -> int:
     except RunConfigMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CircuitOpen as exc:
+        print(
+            f"error: {redact(str(exc))}; stopped. Finished samples are saved: rerun the same "
+            f"command once the server is back to resume (run folder {settings.out}).",
+            file=sys.stderr,
+        )
+        return EXIT_SERVER_UNAVAILABLE
+    except LedgerError as exc:
+        print(
+            f"error: {redact(str(exc))}. The run stopped; what was written before is intact: "
+            "free some space (or fix the permissions) and rerun the same command to resume.",
+            file=sys.stderr,
+        )
+        return 1
     except (PermissionError, OSError) as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 1

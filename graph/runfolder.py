@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import BaseModel, Field
 
-from graph.ledger import Ledger
+from graph.ledger import Ledger, LedgerError
 from state.records import (
     ReferenceDone,
     ReferenceFeedback,
@@ -32,6 +33,8 @@ from state.records import (
     Usage,
 )
 from state.settings import RefedSettings
+
+log = structlog.get_logger("refed.runfolder")
 
 
 class RunConfigMismatch(RuntimeError):
@@ -211,7 +214,12 @@ class RunFolder:
                     self._sync_wanted.wait()
                 if not self._pending_done and self._closing:
                     return
-            self.flush_done()
+            try:
+                self.flush_done()
+            except (LedgerError, OSError) as exc:
+                # Markers are a shortcut for resume (which reconciles finished threads
+                # without them); the run sees the disk error at its next ledger write.
+                log.error("reference_markers_not_written", error=str(exc))
 
     def flush_done(self) -> None:
         """Sync the sample ledgers, then append and sync the markers waiting now."""
@@ -253,15 +261,23 @@ class RunFolder:
         if self._syncer is not None:
             self._syncer.join()
             self._syncer = None
-        self.flush_done()
+        try:
+            self.flush_done()
+        except (LedgerError, OSError) as exc:
+            log.error("reference_markers_not_written", error=str(exc))
         for ledger in (self.samples, self.rejected, self.feedback, self.references):
             ledger.close()
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file, then rename it over ``path``: all or nothing."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk leaves the old file and no debris
+        raise

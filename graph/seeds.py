@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,8 @@ def iter_seeds(
             continue
         if ref is None:  # an exact duplicate of an earlier record
             continue
+        for field, reason in _flags(ref):  # kept: prompts quote it, outputs are schema-bound
+            emit("seed_flagged", file=src.label, record=where, field=field, reason=reason)
         kept += 1
         yield ref
         if limit is not None and kept >= limit:
@@ -215,7 +218,62 @@ def _text(value: Any, field: str, *, keys: list[str] | None = None) -> str:
     if value is None or not value.strip():
         hint = f" (record has keys: {', '.join(map(str, keys)) or 'none'})" if keys else ""
         raise _BadField(field, f"missing or empty{hint}")
+    _check_text(value, field)
     return value.strip()
+
+
+MAX_FIELD_CHARS = 32_000
+"""Longest seed text field (LIMA's longest record is about 18,000 characters): a longer
+one would crowd the prompts out of a small model's context."""
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
+_INJECTION = re.compile(
+    r"\b(?:ignore|disregard|forget)\b.{0,40}\b(?:previous|prior|above|earlier|all)\b"
+    r".{0,40}\b(?:instructions?|prompts?|rules|messages?)\b"
+    r"|<\|(?:im_start|im_end|system|endoftext)\|>|\[/?(?:system|user|INST)\]",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _check_text(value: str, field: str) -> None:
+    """Refuse text no prompt should carry: too long, control characters, broken Unicode."""
+    if len(value) > MAX_FIELD_CHARS:
+        raise _BadField(field, f"{len(value):,} characters, over the limit of {MAX_FIELD_CHARS:,}")
+    bad = _SURROGATE.search(value)
+    if bad is not None:
+        raise _BadField(
+            field,
+            f"invalid Unicode: lone surrogate U+{ord(bad.group()):04X} at character "
+            f"{bad.start() + 1} (mis-encoded text)",
+        )
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        raise _BadField(
+            field,
+            f"control character U+{ord(bad.group()):04X} at character {bad.start() + 1} "
+            "(binary or mis-encoded text?)",
+        )
+    if not any(ch.isprintable() and not ch.isspace() for ch in value):
+        raise _BadField(field, "no visible character (only spaces or invisible formatting)")
+
+
+def _flags(ref: Reference) -> Iterator[tuple[str, str]]:
+    """(field, reason) for text that is kept but worth a look: instructions to the model,
+    or bidirectional overrides (text that displays differently from how it reads)."""
+    for field, text in (("instruction", ref.instruction), ("response", ref.response)):
+        found = _INJECTION.search(text)
+        if found is not None:
+            yield field, f"reads like an instruction to the model ({found.group()[:60]!r})"
+        bidi = _BIDI.search(text)
+        if bidi is not None:
+            yield (
+                field,
+                (
+                    f"bidirectional control U+{ord(bidi.group()):04X} at character "
+                    f"{bidi.start() + 1} (may display differently from how it reads)"
+                ),
+            )
 
 
 def _with_input(instruction: str, extra: Any, field: str) -> str:
@@ -339,15 +397,38 @@ def _read_text(path: Path, label: str) -> str:
 
 
 def _read_jsonl(path: Path, label: str) -> Iterator[_Raw]:
-    text = _read_text(path, label)
+    """One record a line; a line that is not UTF-8 or not JSON is a bad record, not a bad
+    file, so ``--on-bad-record skip`` can step over it."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SeedError(label, "UTF-16 text (byte order mark); convert the file to UTF-8")
     # split on "\n" only: str.splitlines would also break inside JSON strings (U+2028).
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
             continue
         try:
-            yield _Raw(number, json.loads(line))
-        except json.JSONDecodeError as err:
-            yield _Raw(number, problem=f"invalid JSON: {err.msg} (column {err.colno})")
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            problem = (
+                f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                "convert the file to UTF-8"
+            )
+            yield _Raw(number, problem=problem)
+            continue
+        yield _parse_json_line(number, line)
+
+
+def _parse_json_line(number: int, line: str) -> _Raw:
+    try:
+        return _Raw(number, json.loads(line))
+    except json.JSONDecodeError as err:
+        return _Raw(number, problem=f"invalid JSON: {err.msg} (column {err.colno})")
+    except RecursionError:
+        return _Raw(number, problem="invalid JSON: nested too deeply")
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        return _Raw(number, problem=f"invalid JSON: {err}")
 
 
 def _read_json(path: Path, label: str) -> Iterator[_Raw]:
@@ -360,6 +441,10 @@ def _read_json(path: Path, label: str) -> Iterator[_Raw]:
         raise SeedError(
             label, f"invalid JSON: {err.msg} (column {err.colno})", record=f"line {err.lineno}"
         ) from None
+    except RecursionError:
+        raise SeedError(label, "invalid JSON: nested too deeply") from None
+    except ValueError as err:
+        raise SeedError(label, f"invalid JSON: {err}") from None
     if isinstance(data, Mapping):
         lists = [data[k] for k in _LIST_KEYS if isinstance(data.get(k), list)]
         if not lists:

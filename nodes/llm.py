@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from pydantic import BaseModel, ValidationError
 
+from nodes.circuit import CircuitBreaker
 from state.context import RefedContext
 from state.records import Usage
 
@@ -190,6 +192,7 @@ class HTTPTransport:
         self.url = self.base_url + "/chat/completions"
         self.model = model
         self.timeout = timeout
+        self._api_key = api_key
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -223,7 +226,9 @@ class HTTPTransport:
                 "connection", f"APIConnectionError: {type(exc).__name__}: {exc}", retryable=True
             ) from exc
         if status >= 400:
-            raise _status_error(status, raw, retry_after)
+            error = _status_error(status, raw, retry_after)
+            error.message = self._scrub(error.message)  # some servers echo the key back
+            raise error
         try:
             data = json.loads(raw)
             choice = data["choices"][0]
@@ -239,8 +244,15 @@ class HTTPTransport:
             )
         except (ValueError, LookupError, TypeError, AttributeError) as exc:
             raise TransportError(
-                "http", f"unreadable answer (HTTP {status}): {raw[:200]!r}", retryable=True
+                "http",
+                self._scrub(f"unreadable answer (HTTP {status}): {raw[:200]!r}"),
+                retryable=True,
             ) from exc
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the API key (error bodies are stored on failed candidates)."""
+        key = self._api_key
+        return text.replace(key, "***") if len(key) >= 4 and key != "EMPTY" else text
 
     async def aclose(self) -> None:
         """Close the session of the running loop (others are dropped with their loops)."""
@@ -357,6 +369,7 @@ class LLMClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 20.0,
         name: str = "default",
+        circuit: CircuitBreaker | None = None,
     ) -> None:
         self.transport: Transport = (
             ChatModelTransport(transport) if isinstance(transport, BaseChatModel) else transport
@@ -368,6 +381,8 @@ class LLMClient:
         self.concurrency = concurrency
         self._limiters: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         self.meter = Meter()
+        self.circuit = circuit
+        """The run's circuit breaker (see nodes/circuit.py); None: retries only."""
 
     def _limiter(self) -> asyncio.Semaphore:
         """The limiter for the running loop (a semaphore belongs to one event loop)."""
@@ -398,10 +413,12 @@ class LLMClient:
         meter.completion_tokens += done.completion_tokens
         return done
 
-    async def _backoff(self, attempt: int, hinted: float | None) -> None:
-        delay = min(self.backoff_cap, self.backoff_base * 2**attempt)
+    async def _backoff(self, attempt: int, hinted: float | None, limit: float = math.inf) -> None:
+        """Full jitter up to ``backoff_base * 2**attempt`` (or the server's Retry-After),
+        capped by ``backoff_cap`` and by ``limit`` (when the circuit breaker would open)."""
+        delay = min(self.backoff_cap, self.backoff_base * 2 ** min(attempt, 30))
         delay = hinted if hinted is not None else random.uniform(0, delay)
-        await asyncio.sleep(min(delay, self.backoff_cap))
+        await asyncio.sleep(max(0.0, min(delay, self.backoff_cap, limit)))
 
     async def _call(
         self,
@@ -412,10 +429,22 @@ class LLMClient:
         feedback: bool,
         task: str,
     ) -> tuple[Any, Usage, Completion]:
-        """Send with retries; ``parse(completion)`` returns the value or raises LLMError."""
+        """Send with retries; ``parse(completion)`` returns the value or raises LLMError.
+
+        With a circuit breaker, a call whose retries are used up goes on retrying while
+        no request at all was answered between its last two failures (the server is down,
+        not just this request), until it gets an answer or the breaker opens and raises
+        ``CircuitOpen``.
+        """
         usage = Usage(feedback_calls=1 if feedback else 0)
         last: LLMError | None = None
-        for attempt in range(self.max_retries + 1):
+        circuit = self.circuit
+        previous_failure: float | None = None
+        failed_at: float | None = None
+        attempt = 0
+        while True:
+            if circuit is not None:
+                circuit.check()
             usage.calls += 1
             try:
                 done = await self._invoke(messages, params)
@@ -425,9 +454,23 @@ class LLMClient:
                 if not exc.retryable:
                     raise last from exc
                 log.debug("llm_retry", task=task, attempt=attempt, error=last.message[:200])
+                if circuit is not None:
+                    circuit.failure(last.message[:300])
+                    previous_failure, failed_at = failed_at, circuit.clock()
                 if attempt < self.max_retries:
                     await self._backoff(attempt, exc.retry_after)
+                elif (
+                    circuit is not None
+                    and previous_failure is not None
+                    and not circuit.answered_since(previous_failure)
+                ):
+                    await self._backoff(attempt, exc.retry_after, circuit.remaining())
+                else:
+                    break
+                attempt += 1
                 continue
+            if circuit is not None:
+                circuit.success()
             usage.prompt_tokens += done.prompt_tokens
             usage.completion_tokens += done.completion_tokens
             try:
@@ -439,6 +482,9 @@ class LLMClient:
                 if exc.kind == "length" and parse is _text:
                     raise  # a longer answer will not fit the next time either
                 log.debug("llm_retry", task=task, attempt=attempt, error=exc.message[:200])
+            if attempt >= self.max_retries:
+                break
+            attempt += 1
         assert last is not None
         last.usage = usage
         raise last
@@ -555,17 +601,18 @@ def client_for(ctx: RefedContext) -> LLMClient:
         )
     key = f"{ctx.base_url}|{ctx.model}"
     if key not in _clients:
+        from nodes.balancer import endpoint_client
         from state.settings import RefedSettings
 
         settings = RefedSettings()
-        chat = openai_transport(
-            ctx.base_url,
+        _clients[key] = endpoint_client(
+            ctx.base_url,  # one URL, or several separated by commas
             ctx.model,
             settings.api_key.get_secret_value(),
             timeout=settings.timeout,
-        )
-        _clients[key] = LLMClient(
-            chat, concurrency=settings.concurrency, max_retries=settings.max_retries
+            concurrency=settings.concurrency,
+            adaptive=not settings.fixed_concurrency,
+            max_retries=settings.max_retries,
         )
     return _clients[key]
 
@@ -587,15 +634,17 @@ def judge_client_for(ctx: RefedContext) -> LLMClient:
         raise LLMError("config", "no base_url for the judge: set judge_base_url or base_url")
     key = f"judge|{base_url}|{model}"
     if key not in _clients:
+        from nodes.balancer import endpoint_client
         from state.settings import RefedSettings
 
         settings = RefedSettings()
-        chat = openai_transport(
-            base_url, model, settings.api_key.get_secret_value(), timeout=settings.timeout
-        )
-        _clients[key] = LLMClient(
-            chat,
+        _clients[key] = endpoint_client(
+            base_url,
+            model,
+            settings.api_key.get_secret_value(),
+            timeout=settings.timeout,
             concurrency=ctx.judge_concurrency or settings.concurrency,
+            adaptive=not settings.fixed_concurrency,
             max_retries=settings.max_retries,
             name="judge",
         )

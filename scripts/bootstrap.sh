@@ -18,7 +18,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.refed-stamp"
-EXTRAS="cpu,serve,studio,judge,quality,report,dev"
+EXTRAS="cpu,serve,studio,judge,quality,report,postgres,dev"
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }

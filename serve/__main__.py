@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -14,9 +16,11 @@ from state.settings import RefedSettings, add_settings_flags, settings_from_args
 
 SERVICE_FLAGS = (
     "base_url",
+    "base_urls_file",
     "model",
     "api_key",
     "concurrency",
+    "fixed_concurrency",
     "timeout",
     "max_retries",
     "feedback_mode",
@@ -32,6 +36,7 @@ SERVICE_FLAGS = (
     "max_body_bytes",
     "max_samples_per_request",
     "max_in_flight_requests",
+    "shutdown_grace",
     "log_level",
 )
 
@@ -51,14 +56,26 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            timeout_graceful_shutdown=30,
-        )
+        # uvicorn drains on SIGTERM (no new connections, in-flight requests get
+        # shutdown_grace seconds, then are cancelled), then raises the signal again with
+        # the handler it found: this one makes a drained SIGTERM an ordinary exit 0 and
+        # lets llm_endpoint stop an embedded server on the way out.
+        previous = signal.signal(signal.SIGTERM, _drained)
+        try:
+            uvicorn.run(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_level="warning",
+                timeout_graceful_shutdown=settings.shutdown_grace,
+            )
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _drained(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM after uvicorn's graceful shutdown: nothing left to do."""
 
 
 if __name__ == "__main__":

@@ -28,13 +28,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from graph.builder import compile_graph
 from graph.checkpoint import sqlite_saver
 from graph.logs import redact
-from nodes.llm import LLMClient, openai_chat_model, register_client, unregister_client
-from serve.feedback_cache import FeedbackCache
+from graph.quality import QualityGate
+from nodes.balancer import endpoint_client
+from nodes.llm import LLMClient, register_client, unregister_client
+from serve.feedback_cache import feedback_cache
 from serve.metrics import ServiceMetrics
 from serve.synthesis import Event, synthesize
 from state.api import ErrorBody, FeedbackView, Health, SynthesizeRequest, SynthesizeResponse
 from state.context import RefedContext
-from state.settings import RefedSettings
+from state.settings import RefedSettings, endpoint_urls
 
 log = structlog.get_logger("refed.serve")
 
@@ -42,11 +44,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
     413: {"model": ErrorBody, "description": "Body larger than max_body_bytes."},
     422: {"model": ErrorBody, "description": "Invalid request body."},
-    502: {"model": ErrorBody, "description": "The LLM server answered with an error."},
+    502: {
+        "model": ErrorBody,
+        "description": "The LLM server answered with an error, or with an answer that "
+        "could not be used (not JSON, cut off, not of the schema).",
+    },
     503: {
         "model": ErrorBody,
         "description": "Too many requests in flight, or the LLM server "
-        "is unreachable (see Retry-After).",
+        "is unreachable or overloaded (see Retry-After).",
     },
     504: {"model": ErrorBody, "description": "The LLM server timed out."},
 }
@@ -107,13 +113,23 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def _llm_status(error: str) -> int:
-    """HTTP status for an LLM-side failure: unreachable 503, timeout 504, else 502."""
-    if "connection:" in error:
-        return 503
+_OVERLOADED = ("HTTP 429", "HTTP 503")
+"""Upstream answers that mean "busy, come back later" (after our own retries)."""
+
+
+def llm_failure_status(error: str) -> tuple[int, str | None]:
+    """HTTP status (and Retry-After) for a request the LLM server made fail.
+
+    Unreachable, reset or overloaded (429/503 after retries): 503 with Retry-After, as
+    the request may well succeed later. No answer in time: 504. Anything else it did
+    answer (another error status, a body that is not JSON, a cut-off or schema-breaking
+    answer): 502. A failure that names several causes takes the first of these rules.
+    """
+    if "connection:" in error or any(code in error for code in _OVERLOADED):
+        return 503, "5"
     if "timeout:" in error:
-        return 504
-    return 502
+        return 504, None
+    return 502, None
 
 
 def create_app(
@@ -125,18 +141,23 @@ def create_app(
 ) -> FastAPI:
     """The service app; ``client`` replaces the OpenAI-compatible one (tests)."""
     metrics = ServiceMetrics()
-    llm = client or LLMClient(
-        openai_chat_model(
-            base_url, model, settings.api_key.get_secret_value(), timeout=settings.timeout
-        ),
+    llm = client or endpoint_client(  # one endpoint or several (comma-separated), balanced
+        base_url,
+        model,
+        settings.api_key.get_secret_value(),
+        timeout=settings.timeout,
         concurrency=settings.concurrency,
+        adaptive=not settings.fixed_concurrency,
         max_retries=settings.max_retries,
     )
     client_key = f"serve:{id(llm)}"
-    cache = FeedbackCache(settings.service_db, model)
+    cache = feedback_cache(settings, model)
+    quality = QualityGate.from_settings(settings)  # benchmarks load once, here
     token = settings.service_token.get_secret_value() if settings.service_token else None
     gate = asyncio.Semaphore(settings.max_in_flight_requests)
     shared: dict[str, Any] = {}
+    working: set[asyncio.Task[Any]] = set()
+    """Synthesis tasks of /v1/synthesize still running (cancelled at shutdown)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -150,8 +171,18 @@ def create_app(
             shared["saver"] = saver
             log.info("service_ready", base_url=base_url, model=model)
             yield
+            # uvicorn has drained (or cancelled) the requests; anything still going on
+            # is cut here, before the stores close under it.
+            leftover = [t for t in working if not t.done()]
+            for t in leftover:
+                t.cancel()
+            await asyncio.gather(*leftover, return_exceptions=True)
+            if leftover:
+                log.warning("shutdown_cancelled", requests=len(leftover))
         await cache.close()
+        await llm.aclose()
         unregister_client(client_key)
+        log.info("service_stopped")
 
     app = FastAPI(
         title="Refed",
@@ -231,7 +262,7 @@ def create_app(
         async with gate:
             metrics.in_flight.inc()
             try:
-                async for event in synthesize(shared["graph"], cache, base_context, req):
+                async for event in synthesize(shared["graph"], cache, base_context, req, quality):
                     if event.name == "done":
                         done = SynthesizeResponse.model_validate(event.data)
                         metrics.add_usage(done.usage)
@@ -262,21 +293,27 @@ def create_app(
             return SynthesizeResponse.model_validate(last.data)
 
         task = asyncio.create_task(work())
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if done:
-                break
-            if await request.is_disconnected():
-                task.cancel()
-                log.info("client_disconnected", path="/v1/synthesize")
-                return Response(status_code=499)
+        working.add(task)
+        task.add_done_callback(working.discard)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.25)
+                if done:
+                    break
+                if await request.is_disconnected():
+                    task.cancel()
+                    log.info("client_disconnected", path="/v1/synthesize")
+                    return Response(status_code=499)
+        except asyncio.CancelledError:
+            task.cancel()  # this request was cancelled (shutdown grace over): so is its work
+            raise
         result = task.result()
         if result.error and not result.samples and not result.rejected:
-            status = _llm_status(result.error)
+            status, retry_after = llm_failure_status(result.error)
             return JSONResponse(
                 ErrorBody(error="llm_failed", detail=redact(result.error)).model_dump(),
                 status,
-                headers={"Retry-After": "5"} if status == 503 else None,
+                headers={"Retry-After": retry_after} if retry_after else None,
             )
         return result
 
@@ -336,16 +373,19 @@ def create_app(
         "/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["operations"]
     )
     async def readyz() -> Any:
-        """The LLM server answers."""
-        try:
-            async with httpx.AsyncClient(timeout=5) as http:
-                r = await http.get(base_url.rstrip("/") + "/models")
-            r.raise_for_status()
-        except httpx.HTTPError as exc:
-            return JSONResponse(
-                Health(status="unavailable", detail=redact(f"LLM server: {exc}")).model_dump(), 503
-            )
-        return Health(status="ok")
+        """An LLM server answers (any one of several endpoints)."""
+        error: Exception | None = None
+        for url in endpoint_urls(base_url):
+            try:
+                async with httpx.AsyncClient(timeout=5) as http:
+                    r = await http.get(url.rstrip("/") + "/models")
+                r.raise_for_status()
+                return Health(status="ok")
+            except httpx.HTTPError as exc:
+                error = exc
+        return JSONResponse(
+            Health(status="unavailable", detail=redact(f"LLM server: {error}")).model_dump(), 503
+        )
 
     @app.get(
         "/metrics",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from state.records import Usage
 
@@ -36,9 +37,22 @@ class ServiceMetrics:
         self.rejected_requests = Counter(
             "refed_refused", "Requests refused by a limit", ["reason"], registry=r
         )
+        self.tasks = Gauge(
+            "refed_asyncio_tasks", "asyncio tasks alive in the service's event loop", registry=r
+        )
+        self.tasks.set_function(_task_count)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, open fds, CPU seconds
 
     def add_usage(self, usage: Usage) -> None:
         self.llm_calls.inc(usage.calls)
         self.feedback_calls.inc(usage.feedback_calls)
         self.tokens.labels("prompt").inc(usage.prompt_tokens)
         self.tokens.labels("completion").inc(usage.completion_tokens)
+
+
+def _task_count() -> float:
+    """Tasks of the running loop (NaN when collected outside one)."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return float("nan")

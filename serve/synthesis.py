@@ -11,7 +11,8 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 
 import prompts
-from serve.feedback_cache import FeedbackCache
+from graph.quality import QualityGate
+from serve.feedback_cache import FeedbackStore
 from state.api import SynthesizeRequest, SynthesizeResponse
 from state.context import RefedContext
 from state.graph_state import ReferenceState
@@ -36,14 +37,22 @@ def reference_of(req: SynthesizeRequest) -> Reference:
 
 async def synthesize(
     app: Graph,
-    cache: FeedbackCache,
+    cache: FeedbackStore,
     base_context: RefedContext,
     req: SynthesizeRequest,
+    gate: QualityGate | None = None,
 ) -> AsyncIterator[Event]:
-    """Run the graph for one request; the last event is ``done`` with the full response."""
+    """Run the graph for one request; the last event is ``done`` with the full response.
+
+    ``gate`` is the service's quality gate (None: its settings turn every gate off); the
+    request's ``options.quality_gates`` switches it off, or on with the batch defaults.
+    """
     request_id = secrets.token_hex(8)
     ref = reference_of(req)
-    overrides = {k: v for k, v in req.options.model_dump().items() if v is not None}
+    screen = request_gate(gate, req.options.quality_gates, ref)
+    overrides = {
+        k: v for k, v in req.options.model_dump(exclude={"quality_gates"}).items() if v is not None
+    }
     context = RefedContext(
         **{
             **base_context.__dict__,
@@ -63,14 +72,24 @@ async def synthesize(
     )
     cfg: RunnableConfig = {"configurable": {"thread_id": f"svc:{request_id}"}}
     start = ReferenceState(reference=ref, feedback=cached)
+    stored = cached is not None
+    screened: dict[str, Sample] = {}  # sample_id -> the sample as the gate left it
     async for chunk in app.astream(start, cfg, context=context, stream_mode="updates"):
         for node, update in chunk.items():
             yield Event("progress", {"node": node})
+            fresh = update.get("feedback") if isinstance(update, dict) else None
+            if not stored and fresh is not None:
+                # cached as soon as it exists: a request cut short later (shutdown, client
+                # gone, an LLM failure) does not lose the feedback calls it paid for
+                await cache.put(ref, ReferenceFeedback.model_validate(fresh))
+                stored = True
             if node == "candidate" and update:
                 for c in update.get("candidates", []):
                     sample = Sample(
                         **Candidate.model_validate(c).model_dump(), provenance=provenance
                     )
+                    if screen is not None:
+                        sample = screened.setdefault(sample.sample_id, screen.screen([sample])[0])
                     yield Event("sample", sample.model_dump(mode="json"))
     values = (await app.aget_state(cfg)).values
     candidates = [Candidate.model_validate(c) for c in values.get("candidates", [])]
@@ -78,9 +97,14 @@ async def synthesize(
     for c in candidates:
         usage += c.usage
     feedback = values.get("feedback")
-    if cached is None and feedback is not None:
+    if not stored and feedback is not None:
         await cache.put(ref, ReferenceFeedback.model_validate(feedback))
     samples = [Sample(**c.model_dump(), provenance=provenance) for c in candidates]
+    if screen is not None:
+        samples = [
+            screened.get(s.sample_id) or screened.setdefault(s.sample_id, screen.screen([s])[0])
+            for s in samples
+        ]
     response = SynthesizeResponse(
         request_id=request_id,
         reference_id=ref.id,
@@ -91,3 +115,18 @@ async def synthesize(
         error=values.get("error"),
     )
     yield Event("done", response.model_dump(mode="json"))
+
+
+def request_gate(
+    gate: QualityGate | None, wanted: bool | None, ref: Reference
+) -> QualityGate | None:
+    """The gate for one request, with its reference indexed as the seed (or None: off).
+
+    Samples are screened against the reference and against each other, not against
+    other requests: the service keeps no dataset to be a duplicate of.
+    """
+    if wanted is False or (wanted is None and gate is None):
+        return None
+    screen = (gate or QualityGate()).fresh()
+    screen.load([], [ref])
+    return screen

@@ -18,6 +18,13 @@ class SynthesizeOptions(BaseModel):
     judge_bar: float | None = Field(default=None, ge=1, le=5)
     temperature: float | None = Field(default=None, ge=0, le=2)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    quality_gates: bool | None = Field(
+        default=None,
+        description="Screen accepted samples with the batch job's quality gates "
+        "(near-duplicates of the reference or of each other, benchmark contamination); a "
+        "dropped one is returned under rejected with its reason and filter. Default: on when "
+        "the service's settings turn a gate on (near_dup, decontaminate).",
+    )
 
 
 class SynthesizeRequest(BaseModel):

@@ -14,7 +14,7 @@ import types
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from state.records import FeedbackMode
@@ -32,16 +32,50 @@ def _path_list(value: Any) -> Any:
     return value
 
 
+def endpoint_urls(value: str | None) -> list[str]:
+    """The endpoints in a ``base_url`` value: one URL, or several separated by commas."""
+    if not value:
+        return []
+    urls: list[str] = []
+    for part in value.replace("\n", ",").split(","):
+        url = part.strip()
+        if url and url not in urls:
+            urls.append(url)
+    return urls
+
+
+def _url_list(value: Any) -> Any:
+    """Several endpoints (a TOML list, or repeated flags) as one comma-separated string."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v).strip() for v in value if str(v).strip()) or None
+    return value
+
+
+def redact_dsn(dsn: str | None) -> str | None:
+    """A connection string with its password replaced by ``***`` (URL or key=value form)."""
+    if dsn is None:
+        return None
+    import re
+
+    dsn = re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", dsn)
+    return re.sub(r"(\bpassword\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+
+
 class RefedSettings(BaseSettings):
     """Everything a run, the service or Studio can be told."""
 
     model_config = SettingsConfigDict(env_prefix="REFED_", extra="ignore", populate_by_name=True)
 
     # --- the LLM endpoint -------------------------------------------------------
-    base_url: str | None = Field(
+    base_url: Annotated[str | None, BeforeValidator(_url_list)] = Field(
         default=None,
         validation_alias=AliasChoices("REFED_BASE_URL", "OPENAI_BASE_URL", "base_url"),
-        description="OpenAI-compatible endpoint (…/v1). Unset: start the embedded vLLM CPU server.",
+        description="OpenAI-compatible endpoint (…/v1); several: repeat the flag or separate "
+        "them with commas (balanced, with failover). Unset: start the embedded vLLM CPU server.",
+    )
+    base_urls_file: Path | None = Field(
+        default=None,
+        description="A file of endpoints, one URL a line (# comments), added to base_url.",
     )
     model: str = Field(default="smollm2", description="Model name the server knows.")
     api_key: SecretStr = Field(
@@ -49,9 +83,24 @@ class RefedSettings(BaseSettings):
         validation_alias=AliasChoices("REFED_API_KEY", "OPENAI_API_KEY", "api_key"),
         description="API key for the endpoint (never logged).",
     )
-    concurrency: int = Field(default=16, ge=1, description="LLM requests in flight (per endpoint).")
+    concurrency: int = Field(
+        default=16,
+        ge=1,
+        description="Cap on LLM requests in flight per endpoint; the limit adapts below it "
+        "(starts low, grows while latency holds, halves on 429/5xx/timeouts).",
+    )
+    fixed_concurrency: bool = Field(
+        default=False, description="Keep every endpoint at --concurrency (no adaptive limit)."
+    )
     timeout: float = Field(default=120.0, gt=0, description="Seconds per LLM request.")
     max_retries: int = Field(default=4, ge=0, description="Retries per LLM request (backoff).")
+    circuit_open_after: float = Field(
+        default=300.0,
+        ge=0,
+        description="Stop the run (exit status 75, resumable) once the LLM server has failed "
+        "every request for this many seconds; meanwhile calls wait instead of failing their "
+        "candidates. 0: off (calls fail after their retries).",
+    )
 
     # --- the method ---------------------------------------------------------------
     feedback_mode: FeedbackMode = Field(
@@ -125,6 +174,19 @@ class RefedSettings(BaseSettings):
     on_bad_record: Literal["fail", "skip"] = Field(default="fail")
     force_new: bool = Field(default=False, description="Start over in an existing run folder.")
     durability: Literal["sync", "async", "exit"] = Field(default="async")
+    store: str | None = Field(
+        default=None,
+        description="postgresql://USER:PASSWORD@HOST:PORT/DB: keep checkpoints, the run's "
+        "ledgers and the service's feedback cache in Postgres, shared by several graph.run "
+        "workers on one run (pip install -e '.[postgres]'). Unset: SQLite and files.",
+    )
+    store_lease: float = Field(
+        default=60.0,
+        ge=1,
+        description="store=postgres: seconds a worker's claim on a reference lasts without "
+        "a heartbeat (sent every third of it); a dead worker's references go to the others "
+        "after it.",
+    )
 
     # --- quality gates (graph/quality) ----------------------------------------------------
     near_dup: Literal["rouge-l", "minhash", "off"] = Field(
@@ -180,7 +242,34 @@ class RefedSettings(BaseSettings):
     max_in_flight_requests: int = Field(
         default=8, ge=1, description="Synthesis requests at once; more get 503 + Retry-After."
     )
+    shutdown_grace: int = Field(
+        default=30,
+        ge=0,
+        description="On SIGTERM the service stops accepting connections and gives the "
+        "requests in flight this many seconds to finish; then it cancels the rest.",
+    )
     log_level: str = Field(default="info")
+
+    @model_validator(mode="after")
+    def _read_base_urls_file(self) -> RefedSettings:
+        """Fold the endpoints of ``base_urls_file`` into ``base_url`` (read once, here)."""
+        if self.base_urls_file is None:
+            return self
+        try:
+            lines = self.base_urls_file.read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"base_urls_file {self.base_urls_file}: {exc}") from exc
+        found = [ln.split("#", 1)[0].strip() for ln in lines]
+        urls = endpoint_urls(",".join([self.base_url or "", *found]))
+        if not urls:
+            raise ValueError(f"base_urls_file {self.base_urls_file}: no endpoint in it")
+        self.base_url = ",".join(urls)
+        return self
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Every configured endpoint (empty: the embedded server)."""
+        return endpoint_urls(self.base_url)
 
     @classmethod
     def settings_customise_sources(
@@ -203,6 +292,8 @@ class RefedSettings(BaseSettings):
         "temperature",
         "judge_temperature",
         "judge_model",
+        "judge_backend",
+        "judge_encoder",
         "judge_criteria",
         "judge_logprobs",
         "judge_rationale_chars",
@@ -227,6 +318,7 @@ class RefedSettings(BaseSettings):
         data = self.model_dump(mode="json", exclude={"api_key", "service_token"})
         data["api_key_set"] = self.api_key.get_secret_value() not in ("", "EMPTY")
         data["service_token_set"] = self.service_token is not None
+        data["store"] = redact_dsn(self.store)
         return data
 
 
@@ -279,6 +371,9 @@ def add_settings_flags(
             parser.add_argument(flag, action="store_true", default=None, help=field.description)
             continue
         kind, choices = _flag_type(field.annotation)
+        if name == "base_url":  # repeatable: one flag per endpoint
+            parser.add_argument(flag, action="append", default=None, help=field.description)
+            continue
         parser.add_argument(
             flag, type=kind, choices=choices, default=None, help=field.description, dest=name
         )
@@ -289,6 +384,8 @@ def settings_from_args(args: argparse.Namespace) -> RefedSettings:
     """Build settings from parsed flags (only flags actually given override env/file)."""
     values = {k: v for k, v in vars(args).items() if k in RefedSettings.model_fields}
     given = {k: v for k, v in values.items() if v is not None}
+    if isinstance(given.get("base_url"), list):
+        given["base_url"] = ",".join(given["base_url"])
     config = getattr(args, "config", None)
     if config is not None:
         os.environ["REFED_CONFIG"] = str(config)

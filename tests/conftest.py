@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.common import free_port
+from bench.common import FakeServer
+from bench.common import free_port as free_port  # re-exported for the tests
+from tests.pgcluster import pg_cluster as pg_cluster  # the throwaway Postgres (session)
+from tests.pgcluster import pg_dsn as pg_dsn
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -39,35 +41,8 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-class FakeServerProc:
-    def __init__(self, latency: float) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench.fake_server",
-                "--port",
-                str(self.port),
-                "--latency",
-                str(latency),
-            ],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_http(f"http://127.0.0.1:{self.port}/v1/models", proc=self.proc)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def stats(self) -> dict[str, float]:
-        return dict(httpx.get(f"http://127.0.0.1:{self.port}/stats").json())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+FakeServerProc = FakeServer
+"""The fake server in its own process (``bench.common.FakeServer``, shared with the benchmarks)."""
 
 
 @pytest.fixture

@@ -469,13 +469,17 @@ def test_non_utf8_file(tmp_path: Path) -> None:
     path = tmp_path / "latin1.jsonl"
     second = json.dumps({"instruction": "Café?", "response": "Oui."}, ensure_ascii=False)
     path.write_bytes(json.dumps(PAIR).encode() + b"\n" + second.encode("latin-1") + b"\n")
-    offset = len(json.dumps(PAIR)) + 1 + second.index("é")
-    err = error_of(path, on_bad_record="skip")
+    column = second.encode("latin-1").index(b"\xe9") + 1
+    err = error_of(path)
     assert str(err) == (
-        f"{path} line 2: not valid UTF-8 (byte 0xe9 at byte offset {offset}); "
-        "convert the file to UTF-8"
+        f"{path} line 2: not valid UTF-8 (byte 0xe9 at column {column}); convert the file to UTF-8"
     )
     assert err.record == "line 2"
+    # A mixed-encoding file: only the bad line is a bad record, so skip keeps the rest.
+    logged: list[dict[str, object]] = []
+    refs = read_seeds(path, on_bad_record="skip", log=lambda event, **kw: logged.append(kw))
+    assert [r.instruction for r in refs] == [PAIR["instruction"]]
+    assert logged and logged[0]["record"] == "line 2"
 
 
 def test_malformed_json_line(tmp_path: Path) -> None:

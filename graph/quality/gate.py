@@ -152,6 +152,21 @@ class QualityGate:
             decontam_rouge=settings.decontam_rouge,
         )
 
+    def fresh(self) -> QualityGate:
+        """A gate with these settings and the benchmarks already loaded, but nothing
+        indexed or counted: the service screens each request on its own with one."""
+        gate = QualityGate(
+            near_dup=self.near_dup,
+            threshold=self.threshold,
+            minhash_jaccard=self.minhash_jaccard,
+            minhash_perm=self.minhash_perm,
+            ngram=self.ngram,
+            decontam_rouge=self.decontam_rouge,
+        )
+        gate.benchmarks = self.benchmarks
+        gate.decontaminator = self.decontaminator
+        return gate
+
     @classmethod
     def for_run(
         cls, settings: RefedSettings, folder: RunFolder, references: Iterable[Reference]

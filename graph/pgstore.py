@@ -1,0 +1,849 @@
+"""Postgres as the shared store of a run: checkpoints, ledgers and reference claims.
+
+Selected by ``--store postgresql://…`` (``REFED_STORE``). Several ``python -m graph.run``
+processes given the same ``--store`` and ``--out`` (the run's name in the database) and
+the same settings work on one run:
+
+- every reference is a row of ``refed_references``; a worker takes one with
+  ``SELECT … FOR UPDATE SKIP LOCKED`` among the rows not done and not leased, and leases
+  it for ``--store-lease`` seconds (default 60);
+- a heartbeat renews the leases of the references the worker holds every third of the
+  lease; a worker that dies stops renewing, and once its leases run out the others take
+  its references and continue them from their LangGraph checkpoints (the checkpointer is
+  langgraph's ``AsyncPostgresSaver`` on the same database);
+- when a reference finishes, its samples, its feedback and its done marker are written in
+  one transaction; samples are keyed by ``(run_id, sample_id)`` and inserted with
+  ``ON CONFLICT DO NOTHING``, so a sample is written once whichever worker (or how many)
+  wrote it, as the file ledger does by id;
+- a worker whose lease was taken over (it stalled past the lease) stops that reference;
+- a worker exits when no reference is left that it could still take; it releases what it
+  holds (references that crashed in it) so the others or a rerun retry them.
+
+Each worker writes ``run.json`` and, at its end, exports what the database holds to the
+run folder's ``samples.jsonl``, ``rejected.jsonl``, ``feedback.jsonl`` and
+``references.jsonl`` (replaced atomically), so the run folder looks like an embedded run's;
+``python -m graph.pgstore --store … --out …`` exports at any time.
+
+Near-duplicate control (graph/quality) loads the run's samples from the database at start
+and adds the other workers' accepted samples as each reference of its own finishes; two
+near-duplicates made in the same moment by two workers can both be kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+try:
+    import psycopg
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from psycopg import AsyncConnection
+    from psycopg.rows import DictRow, dict_row
+    from psycopg.types.json import Jsonb
+    from psycopg_pool import AsyncConnectionPool
+except ImportError as exc:  # pragma: no cover - the message names the extra to install
+    raise ImportError(
+        "--store postgresql://… needs the postgres extra: pip install -e '.[postgres]'"
+    ) from exc
+
+import prompts
+from graph.builder import compile_graph
+from graph.checkpoint import serializer
+from graph.ledger import LedgerError
+from graph.logs import add_secret, redact
+from graph.progress import Progress
+from graph.quality import QualityGate
+from graph.quality.gate import QUALITY_FILE
+from graph.run import Runner, RunResult, _client_from_settings, _judge_client, default_workers
+from graph.runfolder import Manifest, RunConfigMismatch, RunFolder
+from nodes.circuit import CircuitBreaker, CircuitOpen
+from nodes.llm import LLMClient, register_client, unregister_client
+from state.context import RefedContext
+from state.records import Reference, ReferenceDone, ReferenceFeedback, RunStats, Sample, Usage
+from state.settings import RefedSettings, redact_dsn
+
+log = structlog.get_logger("refed.pgstore")
+
+Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
+
+CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a store connection: a store that is away stops the worker soon."""
+
+SCHEMA_LOCK = 0x7265666564  # pg_advisory_lock key while creating tables ("refed")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS refed_runs (
+    run_id text PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    manifest jsonb NOT NULL,
+    accepted bigint NOT NULL DEFAULT 0,
+    rejected bigint NOT NULL DEFAULT 0,
+    references_done bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS refed_references (
+    run_id text NOT NULL REFERENCES refed_runs ON DELETE CASCADE,
+    reference_id text NOT NULL,
+    seq integer NOT NULL,
+    reference jsonb NOT NULL,
+    owner text,
+    lease_until timestamptz,
+    claims integer NOT NULL DEFAULT 0,
+    done jsonb,
+    done_at timestamptz,
+    done_by text,
+    PRIMARY KEY (run_id, reference_id)
+);
+CREATE INDEX IF NOT EXISTS refed_references_todo
+    ON refed_references (run_id, seq) WHERE done_at IS NULL;
+CREATE TABLE IF NOT EXISTS refed_samples (
+    run_id text NOT NULL REFERENCES refed_runs ON DELETE CASCADE,
+    sample_id text NOT NULL,
+    reference_id text NOT NULL,
+    status text NOT NULL,
+    seq bigserial,
+    sample jsonb NOT NULL,
+    PRIMARY KEY (run_id, sample_id)
+);
+CREATE INDEX IF NOT EXISTS refed_samples_order ON refed_samples (run_id, seq);
+CREATE TABLE IF NOT EXISTS refed_feedback (
+    run_id text NOT NULL REFERENCES refed_runs ON DELETE CASCADE,
+    reference_id text NOT NULL,
+    feedback jsonb NOT NULL,
+    PRIMARY KEY (run_id, reference_id)
+);
+"""
+
+_CLAIM = """
+WITH picked AS (
+    SELECT reference_id FROM refed_references
+    WHERE run_id = %(run)s AND done_at IS NULL
+      AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY seq
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE refed_references r
+SET owner = %(owner)s, lease_until = now() + make_interval(secs => %(lease)s),
+    claims = r.claims + 1
+FROM picked
+WHERE r.run_id = %(run)s AND r.reference_id = picked.reference_id
+RETURNING r.reference_id, r.reference, r.claims
+"""
+
+
+def run_name(settings: RefedSettings) -> str:
+    """The run's name in the database: the ``--out`` path as given, normalised."""
+    return os.path.normpath(str(settings.out))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@asynccontextmanager
+async def open_pool(dsn: str, *, max_size: int = 10) -> AsyncIterator[Pool]:
+    """A connection pool as langgraph's Postgres saver wants it (autocommit, dict rows)."""
+    pool: Pool = AsyncConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        timeout=CONNECT_TIMEOUT,
+        kwargs={
+            "autocommit": True,
+            "prepare_threshold": 0,
+            "row_factory": dict_row,
+            "connect_timeout": int(CONNECT_TIMEOUT),
+        },
+    )
+    await pool.open(wait=True, timeout=30)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def setup_schema(pool: Pool, saver: AsyncPostgresSaver | None = None) -> None:
+    """Create our tables (and the checkpointer's) once, however many workers start at once.
+
+    The lock is polled, not waited for: langgraph's migrations run ``CREATE INDEX
+    CONCURRENTLY``, which waits for every open statement, a blocked lock request too.
+    """
+    async with pool.connection() as conn:
+        while True:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (SCHEMA_LOCK,))
+            row = await cur.fetchone()
+            if row is not None and row["ok"]:
+                break
+            await asyncio.sleep(0.05)
+        try:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    await conn.execute(statement)
+            if saver is not None:
+                await saver.setup()
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+
+
+class PgRunFolder(RunFolder):
+    """A run whose ledgers live in Postgres; the local folder gets run.json and exports.
+
+    The runner's ledger calls (``add_samples``, ``add_feedback``, ``mark_done``) are kept
+    in memory per reference and written by :meth:`commit` in one transaction when the
+    reference ends; what a crash loses before that is in the reference's checkpoint, and
+    the worker that takes the reference over writes it (the runner reconciles).
+    """
+
+    def __init__(self, path: Path, pool: Pool, run_id: str) -> None:
+        super().__init__(path)
+        self.pool = pool
+        self.run_id = run_id
+        self.checkpoints = path / "checkpoints.postgres"  # not a file: the store holds them
+        self._samples: dict[str, list[Sample]] = {}
+        self._feedback: dict[str, ReferenceFeedback] = {}
+        self._done_pending: dict[str, ReferenceDone] = {}
+        self.references_done = 0
+        self.owner: str | None = None
+        """The worker writing through this folder (recorded as ``done_by``)."""
+        self._seen_seq = 0
+
+    # --- opening ------------------------------------------------------------------
+    @classmethod
+    async def open_run(
+        cls,
+        pool: Pool,
+        settings: RefedSettings,
+        prompt_versions: dict[str, str],
+        references: list[Reference],
+        *,
+        model: str,
+        base_url: str | None,
+    ) -> tuple[PgRunFolder, Manifest]:
+        """Create the run (first worker) or join it; refuse a different configuration."""
+        name = run_name(settings)
+        fingerprint = settings.fingerprint()
+        fresh = Manifest(
+            run_id=secrets.token_hex(4),
+            created=_now(),
+            updated=_now(),
+            seeds=settings.seeds,
+            model=model,
+            base_url=base_url,
+            fingerprint=fingerprint,
+            prompt_versions=prompt_versions,
+            settings=settings.public_dump(),
+        )
+        async with pool.connection() as conn, conn.transaction():
+            if settings.force_new:
+                stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+                await conn.execute(
+                    "UPDATE refed_runs SET name = name || %s WHERE name = %s",
+                    (f".replaced-{stamp}", name),
+                )
+            await conn.execute(
+                "INSERT INTO refed_runs (run_id, name, manifest) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (fresh.run_id, name, Jsonb(fresh.model_dump(mode="json"))),
+            )
+            cur = await conn.execute(
+                "SELECT run_id, manifest FROM refed_runs WHERE name = %s", (name,)
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            manifest = Manifest.model_validate(row["manifest"])
+            wanted = {**fingerprint, "prompt_versions": prompt_versions, "seeds": settings.seeds}
+            have = {
+                **manifest.fingerprint,
+                "prompt_versions": manifest.prompt_versions,
+                "seeds": manifest.seeds,
+            }
+            wanted = json.loads(json.dumps(wanted, default=str))
+            diffs = [k for k in wanted if wanted[k] != have.get(k)]
+            if diffs:
+                lines = ", ".join(f"{k}: {have.get(k)!r} → {wanted[k]!r}" for k in diffs)
+                raise RunConfigMismatch(
+                    f"run {name!r} in the store holds a different configuration ({lines}). "
+                    "Use the same settings to join or resume it, another --out, or "
+                    "--force-new to start over (the old run is kept, renamed)."
+                )
+        manifest.status = "running"
+        manifest.base_url = base_url
+        manifest.settings = settings.public_dump()
+        settings.out.mkdir(parents=True, exist_ok=True)
+        folder = cls(settings.out, pool, manifest.run_id)
+        await folder.register(references)
+        await folder.refresh()
+        folder.write_schemas()
+        folder.write_manifest(manifest)
+        return folder, manifest
+
+    async def register(self, references: list[Reference]) -> None:
+        """Add the references (each once; a joining worker adds nothing new)."""
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO refed_references (run_id, reference_id, seq, reference)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [
+                    (self.run_id, ref.id, i, Jsonb(ref.model_dump(mode="json")))
+                    for i, ref in enumerate(references)
+                ],
+            )
+
+    async def refresh_counts(self) -> None:
+        """The run's counters (all workers) as the database has them now."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT accepted, rejected, references_done FROM refed_runs WHERE run_id = %s",
+                (self.run_id,),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        self.accepted = int(row["accepted"])
+        self.rejected_count = int(row["rejected"])
+        self.references_done = int(row["references_done"])
+
+    async def refresh(self) -> None:
+        """Counters and finished references as the database has them now."""
+        await self.refresh_counts()
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT done FROM refed_references WHERE run_id = %s AND done_at IS NOT NULL",
+                (self.run_id,),
+            )
+            usage = Usage()
+            for done_row in await cur.fetchall():
+                done = ReferenceDone.model_validate(done_row["done"])
+                self.done[done.reference_id] = done
+                usage += done.usage
+            self.usage = usage
+
+    def load(self) -> None:
+        """The ledgers are in the database: nothing to read from the folder."""
+
+    # --- the runner's ledger calls (in memory until commit) ----------------------
+    def add_samples(self, samples: list[Sample]) -> tuple[int, int]:
+        fresh = [s for s in samples if s.sample_id not in self.sample_ids]
+        for s in fresh:
+            self._samples.setdefault(s.reference_id, []).append(s)
+        self.sample_ids.update(s.sample_id for s in fresh)
+        accepted = sum(s.status == "accepted" for s in fresh)
+        return accepted, len(fresh) - accepted
+
+    def add_feedback(self, feedback: ReferenceFeedback) -> None:
+        self._feedback.setdefault(feedback.reference_id, feedback)
+
+    def mark_done(self, done: ReferenceDone) -> None:
+        self._done_pending[done.reference_id] = done
+
+    def _forget(self, reference_id: str) -> list[Sample]:
+        samples = self._samples.pop(reference_id, [])
+        self.sample_ids.difference_update(s.sample_id for s in samples)
+        self._feedback.pop(reference_id, None)
+        self._done_pending.pop(reference_id, None)
+        return samples
+
+    async def commit(self, reference_id: str, gate: QualityGate | None = None) -> bool:
+        """Write a finished reference's samples, feedback and marker in one transaction.
+
+        Returns whether this call marked the reference done (False: another worker had).
+        ``gate`` gets the other workers' accepted samples written since the last commit.
+        """
+        samples = self._samples.get(reference_id, [])
+        feedback = self._feedback.get(reference_id)
+        done = self._done_pending.get(reference_id)
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                counts = {"accepted": 0, "rejected": 0}
+                for s in samples:
+                    cur = await conn.execute(
+                        "INSERT INTO refed_samples (run_id, sample_id, reference_id, status,"
+                        " sample) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                        " RETURNING status",
+                        (
+                            self.run_id,
+                            s.sample_id,
+                            s.reference_id,
+                            s.status,
+                            Jsonb(s.model_dump(mode="json")),
+                        ),
+                    )
+                    if await cur.fetchone() is not None:
+                        counts["accepted" if s.status == "accepted" else "rejected"] += 1
+                if feedback is not None:
+                    await conn.execute(
+                        "INSERT INTO refed_feedback (run_id, reference_id, feedback)"
+                        " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                        (self.run_id, reference_id, Jsonb(feedback.model_dump(mode="json"))),
+                    )
+                marked = False
+                if done is not None:
+                    cur = await conn.execute(
+                        "UPDATE refed_references SET done = %s, done_at = now(), done_by = %s,"
+                        " owner = NULL, lease_until = NULL WHERE run_id = %s"
+                        " AND reference_id = %s AND done_at IS NULL RETURNING reference_id",
+                        (
+                            Jsonb(done.model_dump(mode="json")),
+                            self.owner,
+                            self.run_id,
+                            reference_id,
+                        ),
+                    )
+                    marked = await cur.fetchone() is not None
+                cur = await conn.execute(
+                    "UPDATE refed_runs SET accepted = accepted + %s, rejected = rejected + %s,"
+                    " references_done = references_done + %s WHERE run_id = %s"
+                    " RETURNING accepted, rejected, references_done",
+                    (counts["accepted"], counts["rejected"], int(marked), self.run_id),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                others = await self._new_accepted(conn) if gate is not None else []
+        except BaseException:
+            self._forget(reference_id)  # the checkpoint still holds them: a retry rewrites
+            raise
+        self._samples.pop(reference_id, None)
+        self._feedback.pop(reference_id, None)
+        self._done_pending.pop(reference_id, None)
+        self.accepted = int(row["accepted"])
+        self.rejected_count = int(row["rejected"])
+        self.references_done = int(row["references_done"])
+        if done is not None and marked:
+            self.done[reference_id] = done
+            self.usage += done.usage
+        if gate is not None:
+            for sample in others:
+                gate.add(sample)
+        return marked
+
+    async def _new_accepted(self, conn: AsyncConnection[DictRow]) -> list[Sample]:
+        cur = await conn.execute(
+            "SELECT seq, sample FROM refed_samples WHERE run_id = %s AND status = 'accepted'"
+            " AND seq > %s ORDER BY seq",
+            (self.run_id, self._seen_seq),
+        )
+        out = []
+        for row in await cur.fetchall():
+            self._seen_seq = max(self._seen_seq, int(row["seq"]))
+            out.append(Sample.model_validate(row["sample"]))
+        return out
+
+    async def samples_for_gate(self, gate: QualityGate, references: list[Reference]) -> None:
+        """Load the run's kept samples and earlier drops into ``gate``."""
+        async with self.pool.connection() as conn:
+            accepted = await self._new_accepted(conn)
+            cur = await conn.execute(
+                "SELECT sample FROM refed_samples WHERE run_id = %s AND status <> 'accepted'"
+                " AND sample->>'filter' IS NOT NULL",
+                (self.run_id,),
+            )
+            rejected = [Sample.model_validate(r["sample"]) for r in await cur.fetchall()]
+        gate.load(accepted, references, rejected)
+
+    # --- claims -------------------------------------------------------------------
+    async def claim(self, owner: str, lease: float) -> tuple[Reference, int] | None:
+        """Lease the next free reference (not done, no live lease) to ``owner``."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_CLAIM, {"run": self.run_id, "owner": owner, "lease": lease})
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return Reference.model_validate(row["reference"]), int(row["claims"])
+
+    async def waiting_elsewhere(self, owner: str) -> int:
+        """References not done that ``owner`` does not hold (others hold them, or soon free)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) AS n FROM refed_references WHERE run_id = %s"
+                " AND done_at IS NULL AND owner IS DISTINCT FROM %s",
+                (self.run_id, owner),
+            )
+            row = await cur.fetchone()
+        return 0 if row is None else int(row["n"])
+
+    async def renew(self, owner: str, lease: float, held: set[str]) -> set[str]:
+        """Extend ``owner``'s leases; returns the held references another worker now owns."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE refed_references SET lease_until = now() + make_interval(secs => %s)"
+                " WHERE run_id = %s AND owner = %s AND done_at IS NULL",
+                (lease, self.run_id, owner),
+            )
+            if not held:
+                return set()
+            cur = await conn.execute(
+                "SELECT reference_id FROM refed_references WHERE run_id = %s"
+                " AND reference_id = ANY(%s) AND done_at IS NULL"
+                " AND owner IS DISTINCT FROM %s",
+                (self.run_id, sorted(held), owner),
+            )
+            return {r["reference_id"] for r in await cur.fetchall()}
+
+    async def release(self, owner: str) -> int:
+        """Give up ``owner``'s unfinished references (free for the others at once)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE refed_references SET owner = NULL, lease_until = NULL"
+                " WHERE run_id = %s AND owner = %s AND done_at IS NULL",
+                (self.run_id, owner),
+            )
+            return cur.rowcount
+
+    async def remaining(self) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) AS n FROM refed_references WHERE run_id = %s AND done_at IS NULL",
+                (self.run_id,),
+            )
+            row = await cur.fetchone()
+        return 0 if row is None else int(row["n"])
+
+    # --- output -------------------------------------------------------------------
+    async def export(self) -> dict[str, int]:
+        """Write the run's ledgers from the database into the folder (atomic replace)."""
+        queries = {
+            "samples.jsonl": (
+                "SELECT sample AS r FROM refed_samples WHERE run_id = %s AND status = 'accepted'"
+                " ORDER BY seq"
+            ),
+            "rejected.jsonl": (
+                "SELECT sample AS r FROM refed_samples WHERE run_id = %s"
+                " AND status <> 'accepted' ORDER BY seq"
+            ),
+            "feedback.jsonl": (
+                "SELECT f.feedback AS r FROM refed_feedback f JOIN refed_references x"
+                " USING (run_id, reference_id) WHERE f.run_id = %s ORDER BY x.seq"
+            ),
+            "references.jsonl": (
+                "SELECT done AS r FROM refed_references WHERE run_id = %s"
+                " AND done_at IS NOT NULL ORDER BY done_at, seq"
+            ),
+        }
+        counts: dict[str, int] = {}
+        async with self.pool.connection() as conn:
+            for filename, query in queries.items():
+                target = self.path / filename
+                tmp = target.with_name(f".{filename}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+                n = 0
+                with tmp.open("w", encoding="utf-8") as fh:
+                    async with conn.transaction(), conn.cursor(name="refed_export") as cur:
+                        await cur.execute(query, (self.run_id,))
+                        async for row in cur:
+                            _write_line(fh, row["r"])
+                            n += 1
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+                counts[filename] = n
+        return counts
+
+    def stats(self, process_calls: int = 0) -> RunStats:
+        return RunStats(
+            references_done=self.references_done,
+            accepted=self.accepted,
+            rejected=self.rejected_count,
+            usage=self.usage,
+            process_calls=process_calls,
+        ).finish()
+
+    def close(self) -> None:
+        """Nothing is waiting: commits are synchronous; the pool is closed by its owner."""
+
+
+def _write_line(fh: IO[str], record: Any) -> None:
+    fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+class PgRunner(Runner):
+    """The runner with references claimed from Postgres instead of a local queue."""
+
+    folder: PgRunFolder
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.folder.owner = self.owner
+        self.lease = float(self.settings.store_lease)
+        self._held: dict[str, asyncio.Task[None]] = {}
+        """References being processed here, with the task processing each."""
+        self._lost: set[str] = set()
+
+    async def process(self, ref: Reference) -> None:
+        await super().process(ref)
+        await self.folder.commit(ref.id, self.gate)
+
+    async def _next(self) -> Reference | None:
+        """A claimed reference; waits while others hold some; None when nothing is left."""
+        poll = min(1.0, self.lease / 4)
+        while True:
+            if self.settings.samples is not None:  # the others' samples count too
+                await self.folder.refresh_counts()
+            if self._target_reached():
+                return None
+            claimed = await self.folder.claim(self.owner, self.lease)
+            if claimed is not None:
+                ref, claims = claimed
+                if claims > 1:
+                    log.info("reference_taken_over", reference_id=ref.id, claims=claims)
+                return ref
+            if await self.folder.waiting_elsewhere(self.owner) == 0:
+                return None
+            await asyncio.sleep(poll)  # a dead worker's leases run out, or the others finish
+
+    async def slot(self) -> None:
+        """One reference at a time, through ``Runner.worker`` (its error handling, progress)."""
+        while not self._target_reached():
+            try:
+                ref = await self._next()
+            except psycopg.Error as exc:  # the store is away: stop, the leases run out
+                raise LedgerError(f"the store is unavailable: {redact(str(exc))}") from exc
+            if ref is None:
+                return
+            queue: asyncio.Queue[Reference] = asyncio.Queue()
+            queue.put_nowait(ref)
+            task = asyncio.create_task(self.worker(queue))
+            self._held[ref.id] = task
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if ref.id not in self._lost or (current is not None and current.cancelling()):
+                    raise
+                log.warning("reference_lease_lost", reference_id=ref.id, owner=self.owner)
+            finally:
+                self._held.pop(ref.id, None)
+                self._lost.discard(ref.id)
+
+    async def heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                held = set(self._held)
+                lost = await self.folder.renew(self.owner, self.lease, held)
+            except Exception as exc:  # the store is away: the next beat tries again
+                log.warning("heartbeat_failed", error=redact(repr(exc)))
+                continue
+            for ref_id in lost:
+                task = self._held.get(ref_id)
+                if task is not None and not task.done():
+                    self._lost.add(ref_id)
+                    task.cancel()
+
+    async def run(self, references: list[Reference]) -> None:
+        self.gate = QualityGate.from_settings(self.settings)
+        if self.gate is not None:
+            self.gate.path = self.folder.path / QUALITY_FILE
+            await self.folder.samples_for_gate(self.gate, references)
+            self.gate.write_summary()
+        todo = await self.folder.remaining()
+        if len(references) - todo:
+            print(
+                f"resuming: {len(references) - todo} references already done, {todo} to go",
+                file=sys.stderr,
+            )
+        self.progress = Progress(todo, self.client.meter)
+        beat = asyncio.create_task(self.heartbeat())
+        try:
+            n = min(default_workers(self.settings), max(1, todo))
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(n):
+                    tg.create_task(self.slot())
+        except ExceptionGroup as group:  # the first run-stopping error, alone (as Runner.run)
+            fatal = group.subgroup((CircuitOpen, LedgerError))
+            if fatal is None:
+                raise
+            first: BaseException = fatal
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+        finally:
+            beat.cancel()
+            self.progress.close()
+            try:
+                released = await asyncio.shield(self.folder.release(self.owner))
+            except Exception as exc:  # the leases run out anyway
+                log.warning("release_failed", error=redact(repr(exc)))
+            else:
+                if released:
+                    log.info("references_released", references=released)
+
+
+def pool_size(settings: RefedSettings) -> int:
+    """Connections per worker: one per reference in flight at most, plus a few."""
+    return min(default_workers(settings), 16) + 2
+
+
+async def run_batch_pg(
+    settings: RefedSettings,
+    references: list[Reference],
+    *,
+    base_url: str | None = None,
+    client: LLMClient | None = None,
+) -> RunResult:
+    """``run_batch`` with the store in Postgres: join (or start) the run named by ``--out``."""
+    assert settings.store is not None
+    add_secret(_password(settings.store))
+    base_url = base_url or settings.base_url
+    if client is None:
+        if base_url is None:
+            raise ValueError("run_batch needs a base_url or a client")
+        client = _client_from_settings(settings, base_url, settings.model)
+    judge_key: str | None = None
+    judge_client: LLMClient | None = None
+    key: str | None = None
+    interrupted = False
+    try:
+        async with open_pool(settings.store, max_size=pool_size(settings)) as pool:
+            saver = AsyncPostgresSaver(pool, serde=serializer())
+            await setup_schema(pool, saver)
+            folder, manifest = await PgRunFolder.open_run(
+                pool,
+                settings,
+                prompts.versions(),
+                references,
+                model=settings.model,
+                base_url=base_url,
+            )
+            log.info("store_joined", store=redact_dsn(settings.store), run_id=manifest.run_id)
+            key = f"run:{manifest.run_id}:{id(client)}"
+            register_client(key, client)
+            judge_key, judge_client = _judge_client(settings, base_url, key)
+            circuit = (
+                CircuitBreaker(settings.circuit_open_after) if settings.circuit_open_after else None
+            )
+            for used in (client, judge_client):  # one breaker for the worker, whoever calls
+                if used is not None and used.circuit is None:
+                    used.circuit = circuit
+            context = RefedContext.from_settings(
+                settings,
+                base_url=base_url,
+                run_id=manifest.run_id,
+                client_key=key,
+                judge_client_key=judge_key,
+            )
+            runner = PgRunner(
+                compile_graph(saver), folder, manifest, context, settings, client, judge_client
+            )
+            stopped_by: BaseException | None = None
+            try:
+                await runner.run(references)
+            except asyncio.CancelledError:
+                interrupted = True
+                raise
+            except (CircuitOpen, LedgerError) as exc:
+                stopped_by = exc
+                raise
+            finally:
+                try:
+                    await asyncio.shield(_finish(runner, folder, manifest, interrupted, stopped_by))
+                except (psycopg.Error, OSError) as exc:  # keep the error that stopped the run
+                    log.error("export_failed", error=redact(str(exc)))
+                    if stopped_by is None and not interrupted:
+                        raise LedgerError(f"cannot export the run: {redact(str(exc))}") from exc
+    finally:
+        if key is not None:
+            unregister_client(key)
+        if judge_key is not None:
+            unregister_client(judge_key)
+        for used in (client, judge_client):
+            if used is not None:
+                await used.aclose()
+    return RunResult(settings.out, manifest, manifest.stats, runner.failed, interrupted)
+
+
+async def _finish(
+    runner: PgRunner,
+    folder: PgRunFolder,
+    manifest: Manifest,
+    interrupted: bool,
+    stopped_by: BaseException | None,
+) -> None:
+    await folder.refresh()
+    await folder.export()
+    manifest.stats = folder.stats(runner.requests())
+    left = await folder.remaining()
+    manifest.status = (
+        "interrupted"
+        if interrupted
+        else ("finished" if left == 0 or runner._target_reached() else "incomplete")
+    )
+    if isinstance(stopped_by, CircuitOpen):
+        manifest.status = "server_unavailable"
+    elif stopped_by is not None:
+        manifest.status = "storage_error"
+    folder.write_manifest(manifest)
+
+
+def _password(dsn: str) -> str | None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        value = conninfo_to_dict(dsn).get("password")
+    except Exception:
+        return None
+    return None if value is None else str(value)
+
+
+async def export_run(settings: RefedSettings, to: Path | None = None) -> dict[str, int]:
+    """Export the run named by ``--out`` from the store into that folder (or ``to``)."""
+    assert settings.store is not None
+    async with open_pool(settings.store, max_size=2) as pool:
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT run_id, manifest FROM refed_runs WHERE name = %s", (run_name(settings),)
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise SystemExit(f"error: no run named {run_name(settings)!r} in the store")
+        target = to or settings.out
+        target.mkdir(parents=True, exist_ok=True)
+        folder = PgRunFolder(target, pool, row["run_id"])
+        manifest = Manifest.model_validate(row["manifest"])
+        await folder.refresh()
+        counts = await folder.export()
+        manifest.stats = folder.stats()
+        left = await folder.remaining()
+        manifest.status = "finished" if left == 0 else "incomplete"
+        folder.write_schemas()
+        folder.write_manifest(manifest)
+        return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m graph.pgstore",
+        description="Export a run kept in Postgres (--store) to its run folder (--out): "
+        "samples.jsonl, rejected.jsonl, feedback.jsonl, references.jsonl, run.json.",
+    )
+    parser.add_argument("--store", default=None, help="postgresql://… (or REFED_STORE)")
+    parser.add_argument("--out", type=Path, required=True, help="The run's --out (its name).")
+    parser.add_argument(
+        "--to", type=Path, default=None, help="Write into this folder instead of --out."
+    )
+    args = parser.parse_args(argv)
+    store = args.store or os.environ.get("REFED_STORE")
+    if not store:
+        print("error: --store (or REFED_STORE) is required", file=sys.stderr)
+        return 2
+    settings = RefedSettings(store=store, out=args.out)
+    counts = asyncio.run(export_run(settings, args.to))
+    for name, n in counts.items():
+        print(f"{name}: {n}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,448 @@
+"""Several OpenAI-compatible endpoints behind one :class:`~nodes.llm.Transport`.
+
+:class:`Balancer` holds one :class:`~nodes.llm.HTTPTransport` per endpoint and, per call:
+
+- **picks** the endpoint with the fewest requests outstanding among those that are
+  healthy and under their limit (a call waits when every limit is reached);
+- **fails over**: a call that gets no answer from one endpoint (connection refused or
+  dropped, timeout, 429, 5xx) is sent at once to an endpoint it has not tried yet; only
+  when it has tried them all does the error go back to :class:`~nodes.llm.LLMClient`,
+  which backs off and retries as before;
+- **ejects** an endpoint that refuses or drops a connection, or fails
+  ``eject_after`` times in a row, and sends it nothing until a probe
+  (``GET {base_url}/models``) answers; the wait before the next probe doubles
+  from ``eject_base`` up to ``eject_cap`` seconds. When every endpoint is ejected,
+  calls go to all of them anyway (a success brings an endpoint back at once);
+- **adapts its limit** (AIMD): each endpoint starts at a few requests and, while the
+  endpoint is kept full and its latency stays within ``tolerance`` times its low-load
+  latency, raises the limit up to its cap, the ``--concurrency`` setting: by one per
+  answer at first (doubling per round, "slow start"), then by about one per round of
+  answers. Latency past that, a 429, a 5xx or a timeout halves it (see
+  :class:`AIMDLimit`). ``adaptive=False`` keeps the limit at the cap.
+
+:meth:`Balancer.stats` gives per-endpoint counters (in flight, limit, calls,
+failures, ejected) for logs and the run summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+
+from nodes.llm import Completion, HTTPTransport, LLMClient, Messages, TransportError
+from state.settings import endpoint_urls
+
+log = structlog.get_logger("refed.balancer")
+
+
+class AIMDLimit:
+    """An adaptive limit on requests in flight to one endpoint.
+
+    Additive increase while the endpoint is used to its limit and latency holds;
+    multiplicative decrease on overload signals (429, 5xx, timeouts) and when latency
+    passes ``tolerance`` times the low-load latency. After a latency cut the answers to
+    requests sent before it (the queue being drained) are ignored, and the limit settles
+    for two rounds of answers sent after it: if latency is still high at the lower limit,
+    the requests got slower (longer answers), not the server busier, and the low-load
+    latency is measured again from there.
+    """
+
+    def __init__(
+        self,
+        cap: int,
+        *,
+        initial: int = 4,
+        adaptive: bool = True,
+        tolerance: float = 2.0,
+        decrease: float = 0.5,
+    ) -> None:
+        self.cap = cap
+        self.initial = max(1, min(cap, initial))
+        self.adaptive = adaptive
+        self.tolerance = tolerance
+        self.decrease = decrease
+        self.limit = float(self.initial if adaptive else cap)
+        self.slow_start = adaptive
+        self.latency: float | None = None
+        """Smoothed latency of recent answers (seconds)."""
+        self.baseline: float | None = None
+        """Low-load latency: the lowest smoothed latency seen since the last re-measure."""
+        self.settling = 0
+        """Answers left to wait after a latency cut before judging its effect."""
+        self._cut_at = -1e9
+        self._fresh = False
+        self._last_cut = -1e9
+
+    @property
+    def slots(self) -> int:
+        return max(1, int(self.limit))
+
+    def latency_holds(self) -> bool:
+        if self.latency is None or self.baseline is None:
+            return True
+        return self.latency <= self.tolerance * self.baseline
+
+    def on_success(self, seconds: float, saturated: bool, sent_at: float | None = None) -> None:
+        """An answer after ``seconds``; ``saturated``: the endpoint was full when it was sent
+        (at ``sent_at``, monotonic; None: after any cut)."""
+        if sent_at is not None and sent_at < self._cut_at:
+            return  # queued before the last cut: says nothing about the new limit
+        if self.latency is None or self._fresh:
+            self.latency, self._fresh = seconds, False
+        else:
+            self.latency = 0.9 * self.latency + 0.1 * seconds
+        if self.baseline is None or self.latency < self.baseline:
+            self.baseline = self.latency
+        if not self.adaptive:
+            return
+        if self.settling > 0:
+            self.settling -= 1
+            if self.settling == 0 and not self.latency_holds():
+                self.baseline = self.latency  # still slow with fewer in flight: slower requests
+            return
+        if not self.latency_holds():  # the server queues: back off, then look again
+            self.slow_start = False
+            self.limit = max(1.0, self.limit * self.decrease)
+            self.settling = max(20, 2 * self.slots)
+            self._cut_at, self._fresh = time.monotonic(), True
+            return
+        if not saturated:
+            return
+        self.limit += 1.0 if self.slow_start else 1.0 / self.limit
+        if self.limit >= self.cap:
+            self.limit = float(self.cap)
+            self.slow_start = False
+
+    def on_overload(self, now: float | None = None) -> bool:
+        """A 429, 5xx or timeout: cut the limit unless it was cut within the last round trip."""
+        if not self.adaptive:
+            return False
+        now = time.monotonic() if now is None else now
+        self.slow_start = False
+        if now - self._last_cut < (self.latency or 0.0):
+            return False
+        self._last_cut = now
+        self.limit = max(1.0, self.limit * self.decrease)
+        return True
+
+    def reset(self) -> None:
+        """Start again from the initial limit (an endpoint back from ejection)."""
+        if self.adaptive:
+            self.limit = float(self.initial)
+            self.slow_start = True
+
+
+@dataclass
+class Endpoint:
+    """One endpoint's transport, limit and counters."""
+
+    index: int
+    base_url: str
+    transport: HTTPTransport
+    limit: AIMDLimit
+    in_flight: int = 0
+    calls: int = 0
+    failures: int = 0
+    ejections: int = 0
+    consecutive_failures: int = 0
+    ejected: bool = False
+    probe_at: float = 0.0
+    eject_for: float = 0.0
+    probing: bool = False
+    last_error: str | None = None
+    peak_in_flight: int = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url,
+            "in_flight": self.in_flight,
+            "limit": round(self.limit.limit, 2),
+            "cap": self.limit.cap,
+            "peak_in_flight": self.peak_in_flight,
+            "calls": self.calls,
+            "failures": self.failures,
+            "ejected": self.ejected,
+            "ejections": self.ejections,
+            "latency_ms": None if self.limit.latency is None else round(1000 * self.limit.latency),
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class _Waiters:
+    """Calls waiting for a free slot, per event loop (a Condition belongs to one loop)."""
+
+    by_loop: dict[asyncio.AbstractEventLoop, asyncio.Condition] = field(default_factory=dict)
+
+    def get(self) -> asyncio.Condition:
+        loop = asyncio.get_running_loop()
+        cond = self.by_loop.get(loop)
+        if cond is None:
+            self.by_loop = {lp: c for lp, c in self.by_loop.items() if not lp.is_closed()}
+            cond = self.by_loop[loop] = asyncio.Condition()
+        return cond
+
+
+class Balancer:
+    """A :class:`~nodes.llm.Transport` over several endpoints (see the module docstring)."""
+
+    def __init__(
+        self,
+        base_urls: Sequence[str],
+        model: str,
+        api_key: str,
+        *,
+        timeout: float = 120.0,
+        concurrency: int = 16,
+        adaptive: bool = True,
+        initial: int = 4,
+        tolerance: float = 2.0,
+        eject_after: int = 3,
+        eject_base: float = 1.0,
+        eject_cap: float = 30.0,
+        probe_timeout: float = 5.0,
+    ) -> None:
+        if not base_urls:
+            raise ValueError("Balancer needs at least one endpoint")
+        self.endpoints = [
+            Endpoint(
+                index=i,
+                base_url=url.rstrip("/"),
+                transport=HTTPTransport(url, model, api_key, timeout=timeout),
+                limit=AIMDLimit(
+                    concurrency, initial=initial, adaptive=adaptive, tolerance=tolerance
+                ),
+            )
+            for i, url in enumerate(base_urls)
+        ]
+        self.eject_after = eject_after
+        self.eject_base = eject_base
+        self.eject_cap = eject_cap
+        self.probe_timeout = probe_timeout
+        self._api_key = api_key
+        self._waiters = _Waiters()
+        self._probes: set[asyncio.Task[None]] = set()
+        self.failovers = 0
+        """Calls sent again to another endpoint after one failed them."""
+
+    @property
+    def capacity(self) -> int:
+        """The most requests that can ever be in flight: the sum of the endpoints' caps."""
+        return sum(e.limit.cap for e in self.endpoints)
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [e.stats() for e in self.endpoints]
+
+    # --- choosing an endpoint ---------------------------------------------------------
+
+    def choose(self, tried: set[int]) -> Endpoint | None:
+        """The endpoint for the next request, or None when all are full.
+
+        Raises LookupError when every endpoint has been tried for this call.
+        """
+        pool = [e for e in self.endpoints if e.index not in tried]
+        if not pool:
+            raise LookupError("every endpoint tried")
+        healthy = [e for e in pool if not e.ejected]
+        if not healthy and all(e.ejected for e in self.endpoints):
+            healthy = pool  # every endpoint is out: try them all rather than none
+        elif not healthy:
+            healthy = pool  # the healthy ones failed this call already: try an ejected one
+        free = [e for e in healthy if e.in_flight < e.limit.slots]
+        if not free:
+            return None
+        low = min(e.in_flight for e in free)
+        best = [e for e in free if e.in_flight == low]
+        return best[0] if len(best) == 1 else random.choice(best)
+
+    async def _acquire(self, tried: set[int]) -> Endpoint:
+        cond = self._waiters.get()
+        while True:
+            self._start_probes()
+            ep = self.choose(tried)
+            if ep is not None:
+                ep.in_flight += 1
+                ep.calls += 1
+                ep.peak_in_flight = max(ep.peak_in_flight, ep.in_flight)
+                return ep
+            # A timeout too: slots can free up on another loop, probes can finish.
+            async with cond:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cond.wait(), 0.5)
+
+    async def _wake(self, n: int | None = 1) -> None:
+        cond = self._waiters.get()
+        async with cond:
+            if n is None:
+                cond.notify_all()
+            else:
+                cond.notify(n)
+
+    # --- the Transport protocol ---------------------------------------------------------
+
+    async def complete(self, messages: Messages, params: dict[str, Any]) -> Completion:
+        tried: set[int] = set()
+        last: TransportError | None = None
+        while True:
+            try:
+                ep = await self._acquire(tried)
+            except LookupError:
+                assert last is not None  # only raised once every endpoint failed this call
+                raise last from None
+            slots_before = ep.limit.slots
+            saturated = ep.in_flight >= slots_before
+            started = time.monotonic()
+            try:
+                done = await ep.transport.complete(messages, params)
+            except TransportError as exc:
+                ep.in_flight -= 1
+                self._failed(ep, exc)
+                await self._wake(None if ep.ejected else 1)
+                if not exc.retryable:
+                    raise
+                tried.add(ep.index)
+                last = exc
+                if len(tried) < len(self.endpoints):
+                    self.failovers += 1
+                    log.debug("llm_failover", endpoint=ep.base_url, error=exc.message[:200])
+                continue
+            except BaseException:
+                ep.in_flight -= 1
+                await self._wake()
+                raise
+            ep.in_flight -= 1
+            self._succeeded(ep, started, saturated)
+            grown = ep.limit.slots - slots_before
+            await self._wake(1 + max(0, grown))
+            return done
+
+    async def aclose(self) -> None:
+        """Stop probing, close the sessions of the running loop, log the endpoints' counters."""
+        for task in list(self._probes):
+            task.cancel()
+        if any(e.calls for e in self.endpoints):
+            log.info("endpoint_stats", endpoints=self.stats(), failovers=self.failovers)
+        for ep in self.endpoints:
+            await ep.transport.aclose()
+
+    # --- health ---------------------------------------------------------------------------
+
+    def _succeeded(self, ep: Endpoint, started: float, saturated: bool) -> None:
+        ep.consecutive_failures = 0
+        ep.limit.on_success(time.monotonic() - started, saturated, started)
+        if ep.ejected:
+            self._restore(ep, "answered")
+
+    def _failed(self, ep: Endpoint, exc: TransportError) -> None:
+        if not exc.retryable:
+            return  # the request was at fault (4xx), not the endpoint
+        ep.failures += 1
+        ep.last_error = exc.message[:200]
+        overloaded = exc.kind == "timeout" or exc.status == 429 or (exc.status or 0) >= 500
+        if overloaded and ep.limit.on_overload():
+            log.info("endpoint_limit_cut", endpoint=ep.base_url, limit=round(ep.limit.limit, 2))
+        if exc.status == 429:
+            return  # busy, not broken: fewer requests, not none
+        ep.consecutive_failures += 1
+        if exc.kind == "connection" or ep.consecutive_failures >= self.eject_after:
+            self._eject(ep)
+
+    def _eject(self, ep: Endpoint) -> None:
+        now = time.monotonic()
+        if ep.ejected:
+            return
+        ep.ejected = True
+        ep.ejections += 1
+        ep.eject_for = min(self.eject_cap, max(self.eject_base, 2 * ep.eject_for))
+        ep.probe_at = now + ep.eject_for
+        log.warning(
+            "endpoint_ejected",
+            endpoint=ep.base_url,
+            error=ep.last_error,
+            probe_in=ep.eject_for,
+            in_flight=ep.in_flight,
+        )
+
+    def _restore(self, ep: Endpoint, why: str) -> None:
+        ep.ejected = False
+        ep.eject_for = 0.0
+        ep.consecutive_failures = 0
+        ep.limit.reset()
+        log.info("endpoint_restored", endpoint=ep.base_url, why=why)
+
+    def _start_probes(self) -> None:
+        now = time.monotonic()
+        for ep in self.endpoints:
+            if ep.ejected and not ep.probing and now >= ep.probe_at:
+                ep.probing = True
+                task = asyncio.get_running_loop().create_task(self._probe(ep))
+                self._probes.add(task)
+                task.add_done_callback(self._probes.discard)
+
+    async def probe(self, ep: Endpoint) -> bool:
+        """Whether ``GET {base_url}/models`` answers 200 within ``probe_timeout``."""
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=self.probe_timeout), headers=headers
+                ) as session,
+                session.get(ep.base_url + "/models") as resp,
+            ):
+                await resp.read()
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    async def _probe(self, ep: Endpoint) -> None:
+        try:
+            ok = await self.probe(ep)
+        finally:
+            ep.probing = False
+        if not ep.ejected:
+            return
+        if ok:
+            self._restore(ep, "probe")
+            await self._wake(None)
+            return
+        ep.eject_for = min(self.eject_cap, 2 * ep.eject_for)
+        ep.probe_at = time.monotonic() + ep.eject_for
+        log.info("endpoint_probe_failed", endpoint=ep.base_url, probe_in=ep.eject_for)
+
+
+def endpoint_client(
+    base_urls: str | Sequence[str],
+    model: str,
+    api_key: str,
+    *,
+    timeout: float = 120.0,
+    concurrency: int = 16,
+    adaptive: bool = True,
+    max_retries: int = 4,
+    name: str = "default",
+) -> LLMClient:
+    """An :class:`~nodes.llm.LLMClient` over one or more endpoints through a :class:`Balancer`.
+
+    ``base_urls``: a list, or one string with URLs separated by commas. The client's own
+    limiter is the sum of the endpoints' caps, so it never holds back what the
+    per-endpoint limits would let through.
+    """
+    urls = endpoint_urls(base_urls) if isinstance(base_urls, str) else list(base_urls)
+    balancer = Balancer(
+        urls, model, api_key, timeout=timeout, concurrency=concurrency, adaptive=adaptive
+    )
+    return LLMClient(balancer, concurrency=balancer.capacity, max_retries=max_retries, name=name)
+
+
+def endpoint_stats(client: LLMClient | None) -> list[dict[str, Any]]:
+    """Per-endpoint counters of ``client``'s balancer (empty for other transports)."""
+    transport = client.transport if client is not None else None
+    return transport.stats() if isinstance(transport, Balancer) else []
