@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -142,6 +143,10 @@ FROM picked
 WHERE r.run_id = %(run)s AND r.reference_id = picked.reference_id
 RETURNING r.reference_id, r.reference, r.claims
 """
+
+
+class StoreUnavailable(LedgerError):
+    """The store did not answer: the worker stops (its leases run out for the others)."""
 
 
 def run_name(settings: RefedSettings) -> str:
@@ -609,7 +614,7 @@ class PgRunner(Runner):
             try:
                 ref = await self._next()
             except psycopg.Error as exc:  # the store is away: stop, the leases run out
-                raise LedgerError(f"the store is unavailable: {redact(str(exc))}") from exc
+                raise StoreUnavailable(f"the store is unavailable: {redact(str(exc))}") from exc
             if ref is None:
                 return
             queue: asyncio.Queue[Reference] = asyncio.Queue()
@@ -656,6 +661,7 @@ class PgRunner(Runner):
             )
         self.progress = Progress(todo, self.client.meter)
         beat = asyncio.create_task(self.heartbeat())
+        store_away = False
         try:
             n = min(default_workers(self.settings), max(1, todo))
             async with asyncio.TaskGroup() as tg:
@@ -668,11 +674,14 @@ class PgRunner(Runner):
             first: BaseException = fatal
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
+            store_away = isinstance(first, StoreUnavailable)
             raise first from None
         finally:
             beat.cancel()
             self.progress.close()
             try:
+                if store_away:
+                    raise StoreUnavailable("the store is unavailable")
                 released = await asyncio.shield(self.folder.release(self.owner))
             except Exception as exc:  # the leases run out anyway
                 log.warning("release_failed", error=redact(repr(exc)))
@@ -748,9 +757,14 @@ async def run_batch_pg(
                 raise
             finally:
                 try:
+                    if isinstance(stopped_by, StoreUnavailable):
+                        raise stopped_by  # no export: write run.json only
                     await asyncio.shield(_finish(runner, folder, manifest, interrupted, stopped_by))
-                except (psycopg.Error, OSError) as exc:  # keep the error that stopped the run
+                except (psycopg.Error, OSError, StoreUnavailable) as exc:  # keep the first error
                     log.error("export_failed", error=redact(str(exc)))
+                    manifest.status = "storage_error"
+                    with contextlib.suppress(OSError):
+                        folder.write_manifest(manifest)
                     if stopped_by is None and not interrupted:
                         raise LedgerError(f"cannot export the run: {redact(str(exc))}") from exc
     finally:

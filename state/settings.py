@@ -87,7 +87,8 @@ class RefedSettings(BaseSettings):
         default=16,
         ge=1,
         description="Cap on LLM requests in flight per endpoint; the limit adapts below it "
-        "(starts low, grows while latency holds, halves on 429/5xx/timeouts).",
+        "(starts at 4, grows while latency holds, halves when the server queues or on "
+        "429/5xx/timeouts).",
     )
     fixed_concurrency: bool = Field(
         default=False, description="Keep every endpoint at --concurrency (no adaptive limit)."
