@@ -14,7 +14,14 @@ import types
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from state.records import FeedbackMode
@@ -42,6 +49,16 @@ def endpoint_urls(value: str | None) -> list[str]:
         if url and url not in urls:
             urls.append(url)
     return urls
+
+
+def check_endpoint(url: str, where: str) -> str:
+    """``url`` if it is an http(s) address with a host; else a ValueError naming ``where``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
+        raise ValueError(f"{where}: {url!r} is not an http(s) URL such as http://host:8000/v1")
+    return url
 
 
 def _url_list(value: Any) -> Any:
@@ -260,11 +277,21 @@ class RefedSettings(BaseSettings):
             lines = self.base_urls_file.read_text().splitlines()
         except OSError as exc:
             raise ValueError(f"base_urls_file {self.base_urls_file}: {exc}") from exc
-        found = [ln.split("#", 1)[0].strip() for ln in lines]
+        found = []
+        for number, line in enumerate(lines, 1):
+            url = line.split("#", 1)[0].strip()
+            if url:
+                found.append(check_endpoint(url, f"{self.base_urls_file}, line {number}"))
         urls = endpoint_urls(",".join([self.base_url or "", *found]))
         if not urls:
             raise ValueError(f"base_urls_file {self.base_urls_file}: no endpoint in it")
         self.base_url = ",".join(urls)
+        return self
+
+    @model_validator(mode="after")
+    def _check_base_urls(self) -> RefedSettings:
+        for url in endpoint_urls(self.base_url):
+            check_endpoint(url, "base_url")
         return self
 
     @property
@@ -390,4 +417,36 @@ def settings_from_args(args: argparse.Namespace) -> RefedSettings:
     config = getattr(args, "config", None)
     if config is not None:
         os.environ["REFED_CONFIG"] = str(config)
-    return RefedSettings(**given)
+    try:
+        return RefedSettings(**given)
+    except ValidationError as exc:
+        raise SettingsError(settings_error_text(exc, config)) from None
+
+
+class SettingsError(SystemExit):
+    """Invalid settings: the process exits (code 1) printing which settings and why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def settings_error_text(exc: ValidationError, config: Any = None) -> str:
+    """One line per invalid setting: its flag, env variable, the value and what is wrong."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        name = loc[0] if loc else ""
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if name and name in RefedSettings.model_fields:
+            flag = "--" + name.replace("_", "-")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {name} ({flag} / REFED_{name.upper()}){shown}: {msg}")
+        else:
+            lines.append(f"  {msg}")
+    source = f" (flags, environment or {config})" if config is not None else ""
+    return "error: invalid settings" + source + ":\n" + "\n".join(lines)
