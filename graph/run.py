@@ -167,11 +167,13 @@ class Runner:
         usage = Usage.model_validate(values.get("usage") or {})
         for c in candidates:
             usage += c.usage
+        gated = self.folder.gated_ids  # accepted by the judge, turned away by the gate
+        accepted = sum(c.status == "accepted" and c.sample_id not in gated for c in candidates)
         self.folder.mark_done(
             ReferenceDone(
                 reference_id=ref.id,
-                accepted=sum(c.status == "accepted" for c in candidates),
-                rejected=sum(c.status != "accepted" for c in candidates),
+                accepted=accepted,
+                rejected=len(candidates) - accepted,
                 usage=usage,
                 error=values.get("error"),
             )

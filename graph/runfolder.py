@@ -73,6 +73,8 @@ class RunFolder:
         self.log_file = path / "log.jsonl"
         # What the ledgers already hold (resume): loaded once, kept up to date.
         self.sample_ids: set[str] = set()
+        self.gated_ids: set[str] = set()
+        """Samples the judge accepted and the quality gate turned away (``filter`` set)."""
         self.feedback_ids: set[str] = set()
         self.done: dict[str, ReferenceDone] = {}
         self.accepted = 0
@@ -151,6 +153,8 @@ class RunFolder:
         for sample in self.rejected.read(Sample):
             self.sample_ids.add(sample.sample_id)
             self.rejected_count += 1
+            if sample.filter is not None:
+                self.gated_ids.add(sample.sample_id)
         for fb in self.feedback.read(ReferenceFeedback):
             self.feedback_ids.add(fb.reference_id)
         for done in self.references.read(ReferenceDone):
@@ -176,6 +180,7 @@ class RunFolder:
         self.samples.append(accepted)
         self.rejected.append(rejected)
         self.sample_ids.update(s.sample_id for s in fresh)
+        self.gated_ids.update(s.sample_id for s in rejected if s.filter is not None)
         self.accepted += len(accepted)
         self.rejected_count += len(rejected)
         return len(accepted), len(rejected)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from graph.runfolder import Manifest
-from state.records import Sample
+from state.records import ReferenceDone, Sample
 
 from .conftest import FakeServerProc
 from .test_run import EXAMPLES, _wait_lines, read, run_cli, start_cli
@@ -80,6 +80,9 @@ def test_filtered_samples_stay_filtered_across_kills(
     assert quality["dropped"] == {"near-duplicate": 23, "decontamination": 0}
     manifest = Manifest.model_validate_json((out / "run.json").read_text())
     assert manifest.stats.accepted == 1 and manifest.stats.rejected == 23
+    # Per reference, the counts are after the gate (the same 1 and 23 in all).
+    done = read(out / "references.jsonl", ReferenceDone)
+    assert sum(d.accepted for d in done) == 1 and sum(d.rejected for d in done) == 23
 
     # The gate's settings are part of the run's configuration: a change is refused.
     res = run_cli(*_args(slow_fake_server.base_url, out, "--near-dup-threshold", "0.5"))
@@ -119,6 +122,8 @@ def test_decontamination_in_a_run_and_bad_benchmark_file(
     assert read(out / "samples.jsonl", Sample) == []
     rejected = read(out / "rejected.jsonl", Sample)
     assert len(rejected) == 12
+    done = read(out / "references.jsonl", ReferenceDone)
+    assert len(done) == 6 and all(d.accepted == 0 and d.rejected == 2 for d in done)
     for s in rejected:
         assert s.filter is not None and s.filter.name == "decontamination"
         assert s.filter.match_id == "made_up_eval#0" and s.filter.method == "rouge-l"
