@@ -23,7 +23,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class LedgerError(RuntimeError):
-    pass
+    """A ledger or store could not be written; ``advice`` says what the user can do."""
+
+    advice = "free some space (or fix the permissions), then rerun the same command to resume"
 
 
 class Ledger:

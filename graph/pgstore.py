@@ -39,6 +39,7 @@ import os
 import secrets
 import socket
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -70,6 +71,7 @@ from graph.quality import QualityGate
 from graph.quality.gate import QUALITY_FILE
 from graph.run import Runner, RunResult, _client_from_settings, _judge_client, default_workers
 from graph.runfolder import Manifest, RunConfigMismatch, RunFolder
+from nodes.balancer import endpoint_stats
 from nodes.circuit import CircuitBreaker, CircuitOpen
 from nodes.llm import LLMClient, register_client, unregister_client
 from state.context import RefedContext
@@ -145,8 +147,35 @@ RETURNING r.reference_id, r.reference, r.claims
 """
 
 
+STOP_GRACE = 10.0
+"""Seconds a worker that lost the store gets to unwind before it exits anyway."""
+
+
+def arm_exit(error: LedgerError) -> None:
+    """Exit in ``STOP_GRACE`` seconds unless the process has ended by then.
+
+    Once the store is gone, unwinding can wait on it (a checkpoint write on cancel, a
+    pool worker at interpreter exit); the leases are lost and nothing more can be saved,
+    so the wait gets a bound. A daemon thread, so it works with the event loop gone too.
+    """
+    timer = threading.Timer(STOP_GRACE, _exit_now, (error,))
+    timer.daemon = True
+    timer.start()
+
+
+def _exit_now(error: LedgerError) -> None:
+    print(
+        f"error: {error}. The worker stopped; what was written before is intact: {error.advice}.",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(1)
+
+
 class StoreUnavailable(LedgerError):
     """The store did not answer: the worker stops (its leases run out for the others)."""
+
+    advice = "check that the database is reachable, then rerun the same command to resume"
 
 
 def run_name(settings: RefedSettings) -> str:
@@ -615,7 +644,9 @@ class PgRunner(Runner):
             try:
                 ref = await self._next()
             except psycopg.Error as exc:  # the store is away: stop, the leases run out
-                raise StoreUnavailable(f"the store is unavailable: {redact(str(exc))}") from exc
+                gone = StoreUnavailable(f"the store is unavailable: {redact(str(exc))}")
+                arm_exit(gone)
+                raise gone from exc
             if ref is None:
                 return
             queue: asyncio.Queue[Reference] = asyncio.Queue()
@@ -633,15 +664,32 @@ class PgRunner(Runner):
                 self._held.pop(ref.id, None)
                 self._lost.discard(ref.id)
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self, slots: list[asyncio.Task[None]]) -> None:
+        """Renew the leases every third of a lease while any slot works.
+
+        A beat that fails is tried again at the next one; when no beat has succeeded for a
+        whole lease, the leases are gone (other workers may take the references over), so
+        the worker stops with :class:`StoreUnavailable` rather than wait for the store.
+        """
+        renewed = time.monotonic()
         while True:
-            await asyncio.sleep(self.lease / 3)
+            await asyncio.wait(slots, timeout=self.lease / 3)
+            if all(slot.done() for slot in slots):
+                return
             try:
                 held = set(self._held)
                 lost = await self.folder.renew(self.owner, self.lease, held)
             except Exception as exc:  # the store is away: the next beat tries again
                 log.warning("heartbeat_failed", error=redact(repr(exc)))
+                if time.monotonic() - renewed > self.lease:
+                    gone = StoreUnavailable(
+                        f"the store has not answered for {time.monotonic() - renewed:.0f} s "
+                        f"(last error: {' '.join(redact(str(exc)).split())})"
+                    )
+                    arm_exit(gone)
+                    raise gone from exc
                 continue
+            renewed = time.monotonic()
             for ref_id in lost:
                 task = self._held.get(ref_id)
                 if task is not None and not task.done():
@@ -661,13 +709,12 @@ class PgRunner(Runner):
                 file=sys.stderr,
             )
         self.progress = Progress(todo, self.client.meter)
-        beat = asyncio.create_task(self.heartbeat())
         store_away = False
         try:
             n = min(default_workers(self.settings), max(1, todo))
             async with asyncio.TaskGroup() as tg:
-                for _ in range(n):
-                    tg.create_task(self.slot())
+                slots = [tg.create_task(self.slot()) for _ in range(n)]
+                tg.create_task(self.heartbeat(slots))
         except ExceptionGroup as group:  # the first run-stopping error, alone (as Runner.run)
             fatal = group.subgroup((CircuitOpen, LedgerError))
             if fatal is None:
@@ -678,7 +725,6 @@ class PgRunner(Runner):
             store_away = isinstance(first, StoreUnavailable)
             raise first from None
         finally:
-            beat.cancel()
             self.progress.close()
             try:
                 if store_away:
@@ -763,6 +809,7 @@ async def run_batch_pg(
                     await asyncio.shield(_finish(runner, folder, manifest, interrupted, stopped_by))
                 except (psycopg.Error, OSError, StoreUnavailable) as exc:  # keep the first error
                     log.error("export_failed", error=redact(str(exc)))
+                    arm_exit(LedgerError(f"cannot export the run: {redact(str(exc))}"))
                     manifest.status = "storage_error"
                     with contextlib.suppress(OSError):
                         folder.write_manifest(manifest)
@@ -776,7 +823,9 @@ async def run_batch_pg(
         for used in (client, judge_client):
             if used is not None:
                 await used.aclose()
-    return RunResult(settings.out, manifest, manifest.stats, runner.failed, interrupted)
+    return RunResult(
+        settings.out, manifest, manifest.stats, runner.failed, interrupted, endpoint_stats(client)
+    )
 
 
 async def _finish(

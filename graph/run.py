@@ -466,6 +466,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise SystemExit(130)
 
+    def dump_tasks() -> None:
+        """SIGUSR1: print where every task of the run is waiting (for a run that seems stuck)."""
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(limit=12, file=sys.stderr)
+
     def force_stop() -> None:
         print(f"still stopping after {STOP_GRACE:g} s: stopped at once", file=sys.stderr)
         raise SystemExit(130)
@@ -476,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             main_task = loop.create_task(run_batch(settings, references, base_url=base_url))
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal, sig)
+            loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
             try:
                 result = loop.run_until_complete(main_task)
             except asyncio.CancelledError:
@@ -496,8 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SERVER_UNAVAILABLE
     except LedgerError as exc:
         print(
-            f"error: {redact(str(exc))}. The run stopped; what was written before is intact: "
-            "free some space (or fix the permissions) and rerun the same command to resume.",
+            f"error: {' '.join(redact(str(exc)).split())}. The run stopped; what was written "
+            f"before is intact: {exc.advice}.",
             file=sys.stderr,
         )
         return 1

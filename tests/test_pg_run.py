@@ -257,3 +257,47 @@ def test_worker_drops_a_reference_whose_lease_was_taken(
     check_exactly_once(pg_dsn, out, 4)
     claims = query(pg_dsn, "SELECT claims FROM refed_references WHERE reference_id = %s", stolen)
     assert claims[0][0] == 3
+
+
+@pytest.mark.slow
+def test_database_lost_mid_run_stops_with_advice(
+    slow_fake_server: FakeServerProc, pg_cluster: Any, tmp_path: Path
+) -> None:
+    """The store going away stops the worker with exit 1 and what to do, no traceback."""
+    from .pgcluster import PgCluster, find_bin
+
+    bin_dir = find_bin()
+    assert bin_dir is not None  # pg_cluster has failed or skipped the test otherwise
+    cluster = PgCluster(bin_dir)  # its own cluster: this test stops it
+    running = True
+    try:
+        dsn = cluster.create_database()
+        seeds = write_seeds(tmp_path / "seeds.jsonl", 12)
+        out = tmp_path / "run"
+        args = run_args(slow_fake_server, seeds, out, lease=10)
+        (proc,) = start_workers(1, args, store=dsn)
+        wait_for(
+            "a finished reference",
+            lambda: count(dsn, "SELECT count(*) FROM refed_references WHERE done_at IS NOT NULL"),
+            [proc],
+        )
+        cluster.stop()
+        running, stopped = False, time.monotonic()
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # the worker prints where its tasks wait
+            time.sleep(2)
+            proc.kill()
+            err = proc.communicate()[1]
+            (tmp_path / "worker.err").write_text(err)
+            raise AssertionError(f"the worker did not stop: {err[-3000:]}") from None
+        took = time.monotonic() - stopped
+        print(f"FIGURE database lost: worker exit {proc.returncode} after {took:.1f} s")
+        assert proc.returncode == 1, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "check that the database is reachable" in last
+        assert took < 30
+    finally:
+        if running:
+            cluster.stop()
