@@ -301,3 +301,37 @@ def test_database_lost_mid_run_stops_with_advice(
     finally:
         if running:
             cluster.stop()
+
+
+@pytest.mark.slow
+def test_three_workers_two_endpoints_lose_a_worker_and_an_endpoint(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Issue 9's scenario: 3 workers, 2 endpoints; one worker SIGKILLed and one endpoint
+    stopped mid-run; every reference done once, every sample once, none lost."""
+    from bench.common import FakeServer
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl", 15)
+    out = tmp_path / "run"
+    with FakeServer(0.15) as first, FakeServer(0.15) as second:
+        args = run_args(first, seeds, out, lease=2)
+        at = args.index("--base-url")
+        args[at : at + 2] = ["--base-url", first.base_url, "--base-url", second.base_url]
+        procs = start_workers(3, args, store=pg_dsn)
+        done_sql = "SELECT count(*) FROM refed_references WHERE done_at IS NOT NULL"
+        wait_for("a finished reference", lambda: count(pg_dsn, done_sql) >= 1, procs)
+        assert first.stats()["requests"] > 0 and second.stats()["requests"] > 0
+        victim = procs[0]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        wait_for("more finished references", lambda: count(pg_dsn, done_sql) >= 4, procs[1:])
+        second.stop()  # an endpoint goes away with calls in flight
+        left = 15 - count(pg_dsn, done_sql)
+        assert left > 0, "the run finished before the endpoint stopped; make it longer"
+        calls_on_first = first.stats()["requests"]
+        wait_workers(procs[1:], timeout=180)
+        assert first.stats()["requests"] > calls_on_first  # the rest went to the first
+    check_exactly_once(pg_dsn, out, 15)
+    failed = [s for s in Ledger(out / "rejected.jsonl").read(Sample) if s.status == "failed"]
+    assert failed == [], [s.reason for s in failed]  # failover: no candidate lost to it
+    print(f"FIGURE scale-out: 3 workers x 2 endpoints, 1 killed, 1 endpoint down, {left} refs left")
