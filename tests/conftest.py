@@ -68,7 +68,21 @@ def vllm_base_url() -> Iterator[str]:
         wait_http(given.rstrip("/") + "/models", timeout=300)
         yield given
         return
+    if _VLLM_FAILED:  # pytest retries a failed session fixture per test: fail at once
+        pytest.fail(f"the vLLM CPU server did not start earlier in this session: {_VLLM_FAILED[0]}")
     from embedded.server import EmbeddedServer
 
-    with EmbeddedServer() as server:
+    server = EmbeddedServer()
+    try:
+        server.start()
+    except Exception as exc:
+        _VLLM_FAILED.append(repr(exc)[:2000])
+        raise
+    try:
         yield server.base_url
+    finally:
+        server.stop()
+
+
+_VLLM_FAILED: list[str] = []
+"""Why the session's vLLM server did not start (empty: not tried, or it started)."""
