@@ -19,7 +19,10 @@ For each latency x concurrency, in the same run and against a fresh fake server 
 ``--clients`` also takes Refed variants that swap one piece back, in the child only, to
 measure each change: ``refed-before`` (ChatOpenAI transport + AsyncSqliteSaver, as before
 issue 6), ``refed-langchain`` (ChatOpenAI transport only), ``refed-aiosqlite``
-(AsyncSqliteSaver only).
+(AsyncSqliteSaver only), ``refed-fixed`` (``--fixed-concurrency``), ``refed-original``
+(another checkout, ``--original-repo DIR``), and ``refed-pg1`` / ``refed-pg2``: one or
+two ``graph.run`` workers on one run in a throwaway Postgres (``--store``), the
+in-flight budget split between them.
 
 Ideal wall time is ``max(calls x latency / concurrency, depth x latency)``: the server
 can hold ``concurrency`` requests, each takes ``latency``, and no reference finishes
@@ -35,16 +38,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    REPO,
     FakeServer,
     cpu_pressure,
     machine,
@@ -81,7 +88,12 @@ VARIANTS = {
     "refed-aiosqlite": "HTTP transport, AsyncSqliteSaver (aiosqlite)",
     "refed-before": "ChatOpenAI transport, AsyncSqliteSaver, with today's runner",
     "refed-original": "another checkout as it is (--original-repo), e.g. before issue 6",
+    "refed-fixed": "the default with --fixed-concurrency (no adaptive limit per endpoint)",
+    "refed-pg1": "one graph.run worker on a Postgres run (--store), the whole in-flight budget",
+    "refed-pg2": "two graph.run workers on one Postgres run, the in-flight budget split",
 }
+PG_WORKERS = {"refed-pg1": 1, "refed-pg2": 2}
+"""Variants run as several worker processes on one run kept in Postgres (graph/pgstore.py)."""
 
 
 def _child_refed(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,13 +106,18 @@ def _child_refed(args: argparse.Namespace) -> dict[str, Any]:
         return _measure_cli(args, original_main)
 
     import graph.run
+    import nodes.balancer
     from graph.checkpoint import sqlite_saver
-    from nodes.llm import openai_chat_model
+    from nodes.llm import ChatModelTransport, openai_chat_model
 
-    # The variants swap one piece each, in this child only (graph.run looks both up
-    # at call time); the runner, graph and nodes are the same code.
+    # The variants swap one piece each, in this child only (graph.run and the balancer
+    # look both up at call time); the runner, graph and nodes are the same code.
     if args.variant in ("refed-langchain", "refed-before"):
-        graph.run.openai_transport = openai_chat_model  # type: ignore[assignment]
+
+        def chat_openai(url: str, model: str, key: str, *, timeout: float) -> ChatModelTransport:
+            return ChatModelTransport(openai_chat_model(url, model, key, timeout=timeout))
+
+        setattr(nodes.balancer, "HTTPTransport", chat_openai)  # noqa: B010
     if args.variant in ("refed-aiosqlite", "refed-before"):
         graph.run.sqlite_saver = functools.partial(sqlite_saver, inline=False)
     return _measure_cli(args, graph.run.main)
@@ -278,6 +295,86 @@ def child_main(argv: list[str]) -> None:
 # ---------------------------------------------------------------------------- parent
 
 
+class _Postgres:
+    """One throwaway cluster (tests/pgcluster.py) for the whole bench, started when needed."""
+
+    cluster: Any = None
+
+    @classmethod
+    def database(cls) -> str:
+        if cls.cluster is None:
+            sys.path.insert(0, str(REPO))
+            from tests.pgcluster import PgCluster, find_bin
+
+            bin_dir = find_bin()
+            if bin_dir is None:
+                raise SystemExit("refed-pg*: initdb/pg_ctl not found (PATH, REFED_PG_BIN)")
+            cls.cluster = PgCluster(bin_dir)
+        return str(cls.cluster.create_database())
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.cluster is not None:
+            cls.cluster.stop()
+            cls.cluster = None
+
+
+@contextlib.contextmanager
+def _pg_stopped() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        _Postgres.stop()
+
+
+def _run_workers(
+    child_args: list[str], workers: int, concurrency: int, extra: list[str] | None
+) -> dict[str, Any]:
+    """``workers`` Refed children on one Postgres run, ``concurrency`` split between them.
+
+    Each child measures itself as the single-process row does (wall from ``main`` to its
+    return, CPU and peak RSS of its process); the row takes the longest wall and the sums
+    of CPU and RSS. Postgres's own CPU is not counted (it is the server side of the store).
+    """
+    store = _Postgres.database()
+    args = list(child_args)
+    args[args.index("--concurrency") + 1] = str(math.ceil(concurrency / workers))
+    flags = [*(extra or []), "--store", store]
+    if "--extra" in args:
+        i = args.index("--extra")
+        flags = [*json.loads(args[i + 1]), "--store", store]
+        del args[i : i + 2]
+    args += ["--extra", json.dumps(flags), "--variant", "refed"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.overhead", "_child", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        for _ in range(workers)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=1800)
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"worker failed ({proc.returncode}):\n{err[-3000:]}")
+        results.append(json.loads(lines[-1]))
+    return {
+        "wall": max(r["wall"] for r in results),
+        "cpu": sum(r["cpu"] for r in results),
+        "startup_cpu": sum(r["startup_cpu"] for r in results),
+        "maxrss_mb": sum(r["maxrss_mb"] for r in results),
+        "db_bytes": 0,
+        "accepted": max(r["accepted"] for r in results),
+        "calls_recorded": max(r["calls_recorded"] for r in results),  # the run's, in each
+        "workers": results,
+    }
+
+
 def measure(
     kind: str,
     latency: float,
@@ -303,15 +400,19 @@ def measure(
             seeds = write_seeds(work / f"seeds-{refs}.jsonl", refs)
             out = work / f"run-{latency}-{concurrency}-{refs}-{time.monotonic_ns()}"
             args = ["refed", *args, "--seeds", str(seeds), "--out", str(out), "--variant", kind]
-            if extra:
-                args += ["--extra", json.dumps(extra)]
+            flags = [*(extra or []), *(["--fixed-concurrency"] if kind == "refed-fixed" else [])]
+            if flags:
+                args += ["--extra", json.dumps(flags)]
             if kind == "refed-original":
                 if not original_repo:
                     raise SystemExit("refed-original needs --original-repo")
                 args += ["--repo", original_repo]
         else:
             args = ["floor", *args, "--refs", str(refs), "--client", kind]
-        res = run_child("bench.overhead", args)
+        if kind in PG_WORKERS:
+            res = _run_workers(args, PG_WORKERS[kind], concurrency, extra)
+        else:
+            res = run_child("bench.overhead", args)
         stats = server.stats()
     calls = int(stats["requests"])
     samples = refs * per_reference
@@ -337,8 +438,14 @@ def measure(
         "cpu_pressure_before": pressure,
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
-    if kind.startswith("refed"):
+    if kind in PG_WORKERS:
+        row["workers"] = [
+            {k: w[k] for k in ("wall", "cpu", "maxrss_mb", "calls_recorded")}
+            for w in res["workers"]
+        ]
+    if kind.startswith("refed") and kind not in PG_WORKERS:
         row["ckpt_kb_per_sample"] = res["db_bytes"] / 1024 / samples
+    if kind.startswith("refed"):
         row["accepted"] = res["accepted"]
         if res["calls_recorded"] != calls:
             row["note"] = f"run.json counts {res['calls_recorded']} calls"
@@ -355,6 +462,7 @@ HEADERS = [
     "wall / ideal",
     "client CPU ms/call",
     "server CPU ms/call",
+    "server peak in flight",
     "peak RSS MB",
     "ckpt KB/sample",
 ]
@@ -375,6 +483,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
                 f"**{r['x_ideal']:.2f}x**" if r["client"] == "refed" else f"{r['x_ideal']:.2f}x",
                 f"{r['cpu_ms_per_call']:.2f}",
                 f"{r['server_cpu_ms_per_call']:.2f}",
+                r["server_max_in_flight"],
                 f"{r['peak_rss_mb']:.0f}",
                 f"{r['ckpt_kb_per_sample']:.1f}" if "ckpt_kb_per_sample" in r else "-",
             ]
@@ -412,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(info), file=sys.stderr)
     rows: list[dict[str, Any]] = []
     k = args.per_reference
-    with tempfile.TemporaryDirectory(prefix="refed-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="refed-bench-") as tmp, _pg_stopped():
         work = Path(tmp)
         if args.memory:
             for samples in args.memory_samples:

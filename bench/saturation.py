@@ -62,22 +62,24 @@ class RecordingTransport(HTTPTransport):
         return done
 
 
-def occupancy(records: list[dict[str, Any]], concurrency: int) -> tuple[float, float]:
-    """Time-weighted mean requests in flight over the span, and the share of the span
-    with fewer than ``concurrency`` in flight (what the graph's dependencies allowed)."""
+def occupancy(records: list[dict[str, Any]], concurrency: int) -> tuple[float, float, int]:
+    """Time-weighted mean requests in flight over the span, the share of the span with
+    fewer than ``concurrency`` in flight (what the graph's dependencies and the adaptive
+    limit allowed), and the most in flight at once."""
     events = sorted(
         [(r["start"], 1) for r in records] + [(r["end"], -1) for r in records],
         key=lambda e: (e[0], e[1]),
     )
     area = under = 0.0
-    level = 0
+    level = peak = 0
     for (t, step), (t_next, _) in itertools.pairwise(events):
         level += step
+        peak = max(peak, level)
         area += level * (t_next - t)
         if level < concurrency:
             under += t_next - t
     span = events[-1][0] - events[0][0]
-    return area / span, under / span
+    return area / span, under / span, peak
 
 
 def scrape(base_url: str) -> dict[str, float]:
@@ -103,11 +105,10 @@ def scrape(base_url: str) -> dict[str, float]:
 
 def run_refed(args: argparse.Namespace, out: Path) -> float:
     import graph.run
+    import nodes.balancer
 
-    def recording(base_url: str, model: str, api_key: str, *, timeout: float = 120.0) -> Any:
-        return RecordingTransport(base_url, model, api_key, timeout=timeout)
-
-    graph.run.openai_transport = recording
+    # The balancer builds one HTTPTransport per endpoint, looked up at call time.
+    setattr(nodes.balancer, "HTTPTransport", RecordingTransport)  # noqa: B010
     argv = [
         "--seeds",
         str(args.seeds),
@@ -206,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         "other_requests_running_at_start": before["running"],
     }
     result["ratio"] = result["refed_tok_s"] / result["replay_tok_s"]
-    mean_in_flight, under = occupancy(RECORDS, args.concurrency)
+    mean_in_flight, under, peak = occupancy(RECORDS, args.concurrency)
     result["refed_mean_in_flight"] = mean_in_flight
+    result["refed_peak_in_flight"] = peak
+    result["graph_run_flags"] = args.extra
     result["refed_share_of_span_under_concurrency"] = under
     print(json.dumps(result), file=sys.stderr)
     pct = lambda x: f"{100 * x:.0f}%" if x is not None else "-"  # noqa: E731
@@ -230,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{result['refed_tok_s']:.1f}",
                     f"{result['replay_tok_s']:.1f}",
                     f"**{result['ratio']:.2f}**",
-                    f"{mean_in_flight:.1f} ({pct(under)} of the time under {args.concurrency})",
+                    f"{mean_in_flight:.1f} ({pct(under)} of the time under {args.concurrency}), "
+                    f"peak {peak}",
                     pct(result["prefix_hit_rate_refed"]),
                     pct(result["refed_share_of_window_prompt_tokens"]),
                 ]

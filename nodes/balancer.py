@@ -17,7 +17,7 @@
   endpoint is kept full and its latency stays within ``tolerance`` times its low-load
   latency, raises the limit up to its cap, the ``--concurrency`` setting: by one per
   answer at first (doubling per round, "slow start"), then by about one per round of
-  answers. Latency past that, a 429, a 5xx or a timeout halves it (see
+  answers. Latency past that holds it; a 429, a 5xx or a timeout halves it (see
   :class:`AIMDLimit`). ``adaptive=False`` keeps the limit at the cap.
 
 :meth:`Balancer.stats` gives per-endpoint counters (in flight, limit, calls,
@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,12 +48,14 @@ class AIMDLimit:
     """An adaptive limit on requests in flight to one endpoint.
 
     Additive increase while the endpoint is used to its limit and latency holds;
-    multiplicative decrease on overload signals (429, 5xx, timeouts) and when latency
-    passes ``tolerance`` times the low-load latency. After a latency cut the answers to
-    requests sent before it (the queue being drained) are ignored, and the limit settles
-    for two rounds of answers sent after it: if latency is still high at the lower limit,
-    the requests got slower (longer answers), not the server busier, and the low-load
-    latency is measured again from there.
+    multiplicative decrease on overload signals (429, 5xx, timeouts). Latency past
+    ``tolerance`` times the low-load latency only holds the limit where it is: the
+    client cannot tell a server queueing from its own event loop running late (a busy
+    client, a busy machine) or from a batching server that is slower per request but
+    faster in total, and cutting on any of those cost throughput (BENCHMARKS.md,
+    section 1). When latency stays high for two rounds of answers at a held limit, the
+    requests got slower (longer answers), and the low-load latency is measured again
+    from there; growth then goes on one slot per round.
     """
 
     def __init__(
@@ -75,10 +78,8 @@ class AIMDLimit:
         """Smoothed latency of recent answers (seconds)."""
         self.baseline: float | None = None
         """Low-load latency: the lowest smoothed latency seen since the last re-measure."""
-        self.settling = 0
-        """Answers left to wait after a latency cut before judging its effect."""
-        self._cut_at = -1e9
-        self._fresh = False
+        self.held = 0
+        """Answers in a row with latency past the tolerance (the limit held meanwhile)."""
         self._last_cut = -1e9
 
     @property
@@ -92,28 +93,21 @@ class AIMDLimit:
 
     def on_success(self, seconds: float, saturated: bool, sent_at: float | None = None) -> None:
         """An answer after ``seconds``; ``saturated``: the endpoint was full when it was sent
-        (at ``sent_at``, monotonic; None: after any cut)."""
-        if sent_at is not None and sent_at < self._cut_at:
-            return  # queued before the last cut: says nothing about the new limit
-        if self.latency is None or self._fresh:
-            self.latency, self._fresh = seconds, False
+        (``sent_at``: when, monotonic; not used by this policy, kept for callers)."""
+        if self.latency is None:
+            self.latency = seconds
         else:
             self.latency = 0.9 * self.latency + 0.1 * seconds
         if self.baseline is None or self.latency < self.baseline:
             self.baseline = self.latency
         if not self.adaptive:
             return
-        if self.settling > 0:
-            self.settling -= 1
-            if self.settling == 0 and not self.latency_holds():
-                self.baseline = self.latency  # still slow with fewer in flight: slower requests
+        if not self.latency_holds():  # hold; if it lasts, the requests are slower now
+            self.held += 1
+            if self.held >= max(20, 2 * self.slots):
+                self.baseline, self.held, self.slow_start = self.latency, 0, False
             return
-        if not self.latency_holds():  # the server queues: back off, then look again
-            self.slow_start = False
-            self.limit = max(1.0, self.limit * self.decrease)
-            self.settling = max(20, 2 * self.slots)
-            self._cut_at, self._fresh = time.monotonic(), True
-            return
+        self.held = 0
         if not saturated:
             return
         self.limit += 1.0 if self.slow_start else 1.0 / self.limit
@@ -178,17 +172,31 @@ class Endpoint:
 
 @dataclass
 class _Waiters:
-    """Calls waiting for a free slot, per event loop (a Condition belongs to one loop)."""
+    """Calls waiting for a free slot, in order, per event loop (a future belongs to one)."""
 
-    by_loop: dict[asyncio.AbstractEventLoop, asyncio.Condition] = field(default_factory=dict)
+    by_loop: dict[asyncio.AbstractEventLoop, deque[asyncio.Future[None]]] = field(
+        default_factory=dict
+    )
 
-    def get(self) -> asyncio.Condition:
-        loop = asyncio.get_running_loop()
-        cond = self.by_loop.get(loop)
-        if cond is None:
-            self.by_loop = {lp: c for lp, c in self.by_loop.items() if not lp.is_closed()}
-            cond = self.by_loop[loop] = asyncio.Condition()
-        return cond
+    def get(self, loop: asyncio.AbstractEventLoop) -> deque[asyncio.Future[None]]:
+        queue = self.by_loop.get(loop)
+        if queue is None:
+            self.by_loop = {lp: q for lp, q in self.by_loop.items() if not lp.is_closed()}
+            queue = self.by_loop[loop] = deque()
+        return queue
+
+    def wake(self, n: int | None) -> None:
+        """Let ``n`` waiters of the running loop (None: all) look for a slot again."""
+        try:
+            queue = self.by_loop.get(asyncio.get_running_loop())
+        except RuntimeError:
+            return
+        while queue and (n is None or n > 0):
+            fut = queue.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                if n is not None:
+                    n -= 1
 
 
 class Balancer:
@@ -229,6 +237,8 @@ class Balancer:
         self.probe_timeout = probe_timeout
         self._api_key = api_key
         self._waiters = _Waiters()
+        self._ejected = 0
+        """How many endpoints are ejected (probes are looked at only then)."""
         self._probes: set[asyncio.Task[None]] = set()
         self.failovers = 0
         """Calls sent again to another endpoint after one failed them."""
@@ -248,6 +258,11 @@ class Balancer:
 
         Raises LookupError when every endpoint has been tried for this call.
         """
+        if len(self.endpoints) == 1:  # the common case, without the lists
+            only = self.endpoints[0]
+            if tried:
+                raise LookupError("every endpoint tried")
+            return only if only.in_flight < only.limit.slots else None
         pool = [e for e in self.endpoints if e.index not in tried]
         if not pool:
             raise LookupError("every endpoint tried")
@@ -264,27 +279,40 @@ class Balancer:
         return best[0] if len(best) == 1 else random.choice(best)
 
     async def _acquire(self, tried: set[int]) -> Endpoint:
-        cond = self._waiters.get()
         while True:
-            self._start_probes()
+            if self._ejected:
+                self._start_probes()
             ep = self.choose(tried)
             if ep is not None:
                 ep.in_flight += 1
                 ep.calls += 1
-                ep.peak_in_flight = max(ep.peak_in_flight, ep.in_flight)
+                if ep.in_flight > ep.peak_in_flight:
+                    ep.peak_in_flight = ep.in_flight
                 return ep
-            # A timeout too: slots can free up on another loop, probes can finish.
-            async with cond:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cond.wait(), 0.5)
+            # Wait for a slot, or half a second at most: slots can free up on another loop,
+            # probes can finish. A future and a timeout, not a task, per wait.
+            loop = asyncio.get_running_loop()
+            queue = self._waiters.get(loop)
+            fut: asyncio.Future[None] = loop.create_future()
+            queue.append(fut)
+            try:
+                async with asyncio.timeout(0.5):
+                    await fut
+            except TimeoutError:
+                pass
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    self._waiters.wake(1)  # woken, then cancelled: pass the slot on
+                raise
+            finally:
+                if not fut.done():
+                    fut.cancel()
+                if fut.cancelled():
+                    with contextlib.suppress(ValueError):
+                        queue.remove(fut)
 
-    async def _wake(self, n: int | None = 1) -> None:
-        cond = self._waiters.get()
-        async with cond:
-            if n is None:
-                cond.notify_all()
-            else:
-                cond.notify(n)
+    def _wake(self, n: int | None = 1) -> None:
+        self._waiters.wake(n)
 
     # --- the Transport protocol ---------------------------------------------------------
 
@@ -305,7 +333,7 @@ class Balancer:
             except TransportError as exc:
                 ep.in_flight -= 1
                 self._failed(ep, exc)
-                await self._wake(None if ep.ejected else 1)
+                self._wake(None if ep.ejected else 1)
                 if not exc.retryable:
                     raise
                 tried.add(ep.index)
@@ -316,12 +344,12 @@ class Balancer:
                 continue
             except BaseException:
                 ep.in_flight -= 1
-                await self._wake()
+                self._wake()
                 raise
             ep.in_flight -= 1
             self._succeeded(ep, started, saturated)
             grown = ep.limit.slots - slots_before
-            await self._wake(1 + max(0, grown))
+            self._wake(1 + max(0, grown))
             return done
 
     async def aclose(self) -> None:
@@ -360,6 +388,7 @@ class Balancer:
         if ep.ejected:
             return
         ep.ejected = True
+        self._ejected = sum(e.ejected for e in self.endpoints)
         ep.ejections += 1
         ep.eject_for = min(self.eject_cap, max(self.eject_base, 2 * ep.eject_for))
         ep.probe_at = now + ep.eject_for
@@ -373,6 +402,7 @@ class Balancer:
 
     def _restore(self, ep: Endpoint, why: str) -> None:
         ep.ejected = False
+        self._ejected = sum(e.ejected for e in self.endpoints)
         ep.eject_for = 0.0
         ep.consecutive_failures = 0
         ep.limit.reset()
@@ -411,7 +441,7 @@ class Balancer:
             return
         if ok:
             self._restore(ep, "probe")
-            await self._wake(None)
+            self._wake(None)
             return
         ep.eject_for = min(self.eject_cap, 2 * ep.eject_for)
         ep.probe_at = time.monotonic() + ep.eject_for

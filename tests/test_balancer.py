@@ -114,41 +114,41 @@ def test_aimd_slow_start_then_additive() -> None:
     assert lim.limit == 1  # never below one
 
 
-def test_aimd_backs_off_when_the_server_queues() -> None:
+def test_aimd_holds_when_the_server_queues() -> None:
+    """Latency past the tolerance holds the limit (no cut: it may be the client's own lag)."""
     lim = AIMDLimit(64, initial=4)
     for _ in range(20):
         lim.on_success(0.1, saturated=True)
     grown = lim.limit
     assert grown == 24 and lim.baseline == pytest.approx(0.1)
-    for _ in range(5):  # the server queues: latency five times the low-load one
+    for _ in range(10):  # the server queues: latency five times the low-load one
         lim.on_success(0.5, saturated=True)
-    cut = lim.limit  # halved (after the couple of answers the smoothed latency lags by)
-    assert grown / 2 <= cut <= (grown + 3) / 2
-    assert not lim.slow_start and lim.settling > 0
-    for _ in range(lim.settling):  # fewer in flight: latency comes back down
+    held = lim.limit  # grew for the couple of answers the smoothed latency lags by, then held
+    assert grown <= held <= grown + 3
+    assert lim.held > 0
+    for _ in range(10):  # latency comes back down: growth goes on
         lim.on_success(0.1, saturated=True)
-    assert lim.limit == cut  # no growth while settling
     assert lim.baseline == pytest.approx(0.1)  # queueing it was: the baseline stays
-    for _ in range(int(cut)):  # then additive increase again: about +1 per round
-        lim.on_success(0.1, saturated=True)
-    assert cut + 0.8 < lim.limit < cut + 1.2
+    assert lim.limit > held
+    assert lim.on_overload(now=100.0)  # overload signals still cut
+    assert lim.limit < held
 
 
 def test_aimd_learns_slower_requests() -> None:
-    """Longer answers are slower at any limit: one cut, then the baseline is re-measured."""
+    """Longer answers are slower at any limit: held two rounds, then the baseline is re-measured."""
     lim = AIMDLimit(64, initial=4)
     for _ in range(20):
         lim.on_success(0.1, saturated=True)
     for _ in range(5):
         lim.on_success(0.5, saturated=True)
-    cut = lim.limit
-    for _ in range(lim.settling):  # still slow with half as many in flight
+    held = lim.limit
+    for _ in range(2 * lim.slots):  # still slow: two rounds at the held limit
         lim.on_success(0.5, saturated=True)
     assert lim.baseline is not None and lim.baseline > 0.3
     assert lim.latency_holds()
-    for _ in range(40):
+    for _ in range(80):
         lim.on_success(0.5, saturated=True)
-    assert lim.limit > cut + 1  # growing again from the new baseline
+    assert lim.limit > held + 1  # growing again from the new baseline (one per round)
 
 
 def test_fixed_limit() -> None:
@@ -175,7 +175,10 @@ async def test_limit_finds_server_capacity() -> None:
     ideal = 400 / 8 * 0.05  # the server's own limit: 8 per 50 ms
     assert elapsed < 2 * ideal, elapsed  # the server was kept busy
     assert ep.peak_in_flight >= 8  # the limit grew past its start of 4 ...
-    assert ep.peak_in_flight <= 32 and ep.limit.limit <= 32  # ... but stopped near the knee
+    # ... but stopped near the knee: latency past twice the low-load latency holds it
+    # (slow start overshoots by the few answers the smoothed latency lags behind, and a
+    # held limit grows again slowly once the baseline is re-measured), far from 64.
+    assert ep.peak_in_flight <= 40 and ep.limit.limit <= 40
 
 
 async def test_overload_cuts_the_limit() -> None:
