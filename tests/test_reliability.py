@@ -352,12 +352,18 @@ def test_twenty_sigkills_in_a_200_sample_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     concurrency, per_ref, kills = 8, 4, 20
     rng = random.Random(20)
-    targets = sorted(rng.sample(range(4, 196), kills))
+    # Kill points spread over the run, leaving room at the end: after a kill's random
+    # delay the run may have moved on by several samples.
+    targets = sorted(rng.sample(range(4, 180), kills))
+    made = 0
     with FakeServer(0.03) as server:
         args = run_args(server, seeds, out, "--per-reference", str(per_ref))
         args += ["--concurrency", str(concurrency)]
         t0 = time.monotonic()
         for target in targets:
+            if lines(out / "samples.jsonl") >= 200:  # the last kill came after the end
+                break
+            made += 1
             proc = cli(*args)
             wait_for(out / "samples.jsonl", max(target, lines(out / "samples.jsonl") + 1), proc)
             time.sleep(rng.uniform(0, 0.2))  # anywhere between two ledger writes
@@ -377,10 +383,11 @@ def test_twenty_sigkills_in_a_200_sample_run(tmp_path: Path) -> None:
     # Only the work in flight at a kill is done again: the requests in flight (at most
     # `concurrency`) and the finished calls of an unfinished multi-call node (synthesis
     # asks per feature: at most per_reference).
-    assert 0 <= redone <= kills * (concurrency + per_ref), redone
+    assert made >= kills - 2, f"only {made} kills landed before the run ended"
+    assert 0 <= redone <= made * (concurrency + per_ref), redone
     figure(
-        f"sigkill: {kills} kill -9 in one 200-sample run: 0 lost, 0 duplicated, {redone} "
-        f"calls redone of {requests} (bound {kills * (concurrency + per_ref)}); {elapsed:.0f} s"
+        f"sigkill: {made} kill -9 in one 200-sample run: 0 lost, 0 duplicated, {redone} "
+        f"calls redone of {requests} (bound {made * (concurrency + per_ref)}); {elapsed:.0f} s"
     )
 
 
