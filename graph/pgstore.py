@@ -69,12 +69,11 @@ from graph.logs import add_secret, redact
 from graph.progress import Progress
 from graph.quality import QualityGate
 from graph.quality.gate import QUALITY_FILE
-from graph.run import Runner, RunResult, _client_from_settings, _judge_client, default_workers
+from graph.run import Runner, RunResult, _client_from_settings, default_workers, wire_clients
 from graph.runfolder import Manifest, RunConfigMismatch, RunFolder
 from nodes.balancer import endpoint_stats
-from nodes.circuit import CircuitBreaker, CircuitOpen
-from nodes.llm import LLMClient, register_client, unregister_client
-from state.context import RefedContext
+from nodes.circuit import CircuitOpen
+from nodes.llm import LLMClient, unregister_client
 from state.records import Reference, ReferenceDone, ReferenceFeedback, RunStats, Sample, Usage
 from state.settings import RefedSettings, redact_dsn
 
@@ -774,21 +773,8 @@ async def run_batch_pg(
                 base_url=base_url,
             )
             log.info("store_joined", store=redact_dsn(settings.store), run_id=manifest.run_id)
-            key = f"run:{manifest.run_id}:{id(client)}"
-            register_client(key, client)
-            judge_key, judge_client = _judge_client(settings, base_url, key)
-            circuit = (
-                CircuitBreaker(settings.circuit_open_after) if settings.circuit_open_after else None
-            )
-            for used in (client, judge_client):  # one breaker for the worker, whoever calls
-                if used is not None and used.circuit is None:
-                    used.circuit = circuit
-            context = RefedContext.from_settings(
-                settings,
-                base_url=base_url,
-                run_id=manifest.run_id,
-                client_key=key,
-                judge_client_key=judge_key,
+            key, judge_key, judge_client, context = wire_clients(
+                settings, base_url, client, manifest.run_id
             )
             runner = PgRunner(
                 compile_graph(saver), folder, manifest, context, settings, client, judge_client

@@ -297,6 +297,31 @@ def _judge_client(
     return key + ":judge", client
 
 
+def wire_clients(
+    settings: RefedSettings, base_url: str | None, client: LLMClient, run_id: str
+) -> tuple[str, str | None, LLMClient | None, RefedContext]:
+    """Register the run's clients, give them one circuit breaker, build the run's context.
+
+    Returns the generator's client key, the judge's (None: the generator's client) and
+    its client, and the context the graph runs with. Unregister both keys at the end.
+    """
+    key = f"run:{run_id}:{id(client)}"
+    register_client(key, client)
+    judge_key, judge_client = _judge_client(settings, base_url, key)
+    circuit = CircuitBreaker(settings.circuit_open_after) if settings.circuit_open_after else None
+    for used in (client, judge_client):  # one breaker for the run, whoever calls
+        if used is not None and used.circuit is None:
+            used.circuit = circuit
+    context = RefedContext.from_settings(
+        settings,
+        base_url=base_url,
+        run_id=run_id,
+        client_key=key,
+        judge_client_key=judge_key,
+    )
+    return key, judge_key, judge_client, context
+
+
 async def run_batch(
     settings: RefedSettings,
     references: list[Reference],
@@ -317,19 +342,8 @@ async def run_batch(
     folder, manifest = RunFolder.open(
         settings, prompts.versions(), model=settings.model, base_url=base_url
     )
-    key = f"run:{manifest.run_id}:{id(client)}"
-    register_client(key, client)
-    judge_key, judge_client = _judge_client(settings, base_url, key)
-    circuit = CircuitBreaker(settings.circuit_open_after) if settings.circuit_open_after else None
-    for used in (client, judge_client):  # one breaker for the run, whoever calls
-        if used is not None and used.circuit is None:
-            used.circuit = circuit
-    context = RefedContext.from_settings(
-        settings,
-        base_url=base_url,
-        run_id=manifest.run_id,
-        client_key=key,
-        judge_client_key=judge_key,
+    key, judge_key, judge_client, context = wire_clients(
+        settings, base_url, client, manifest.run_id
     )
     interrupted = False
     stopped_by: BaseException | None = None
