@@ -70,7 +70,7 @@ from graph.progress import Progress
 from graph.quality import QualityGate
 from graph.quality.gate import QUALITY_FILE
 from graph.run import Runner, RunResult, _client_from_settings, default_workers, wire_clients
-from graph.runfolder import Manifest, RunConfigMismatch, RunFolder
+from graph.runfolder import Manifest, RunConfigMismatch, RunFolder, new_manifest
 from nodes.balancer import endpoint_stats
 from nodes.circuit import CircuitOpen
 from nodes.llm import LLMClient, unregister_client
@@ -269,17 +269,7 @@ class PgRunFolder(RunFolder):
         """Create the run (first worker) or join it; refuse a different configuration."""
         name = run_name(settings)
         fingerprint = settings.fingerprint()
-        fresh = Manifest(
-            run_id=secrets.token_hex(4),
-            created=_now(),
-            updated=_now(),
-            seeds=settings.seeds,
-            model=model,
-            base_url=base_url,
-            fingerprint=fingerprint,
-            prompt_versions=prompt_versions,
-            settings=settings.public_dump(),
-        )
+        fresh = new_manifest(settings, prompt_versions, model=model, base_url=base_url)
         async with pool.connection() as conn, conn.transaction():
             if settings.force_new:
                 stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

@@ -61,6 +61,23 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def new_manifest(
+    settings: RefedSettings, prompt_versions: dict[str, str], *, model: str, base_url: str | None
+) -> Manifest:
+    """The manifest of a run that starts now, with a fresh run id."""
+    return Manifest(
+        run_id=secrets.token_hex(4),
+        created=_now(),
+        updated=_now(),
+        seeds=settings.seeds,
+        model=model,
+        base_url=base_url,
+        fingerprint=settings.fingerprint(),
+        prompt_versions=prompt_versions,
+        settings=settings.public_dump(),
+    )
+
+
 class RunFolder:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -130,17 +147,7 @@ class RunFolder:
             manifest.base_url = base_url
             manifest.settings = settings.public_dump()
         else:
-            manifest = Manifest(
-                run_id=secrets.token_hex(4),
-                created=_now(),
-                updated=_now(),
-                seeds=settings.seeds,
-                model=model,
-                base_url=base_url,
-                fingerprint=fingerprint,
-                prompt_versions=prompt_versions,
-                settings=settings.public_dump(),
-            )
+            manifest = new_manifest(settings, prompt_versions, model=model, base_url=base_url)
         folder.load()
         folder.write_schemas()
         folder.write_manifest(manifest)
