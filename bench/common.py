@@ -264,7 +264,13 @@ def rusage_self() -> dict[str, float]:
     import resource
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu": ru.ru_utime + ru.ru_stime, "maxrss_mb": ru.ru_maxrss / 1024}
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for children, e.g. --processes
+    return {
+        "cpu": ru.ru_utime + ru.ru_stime,
+        "maxrss_mb": ru.ru_maxrss / 1024,
+        "children_cpu": kids.ru_utime + kids.ru_stime,
+        "children_maxrss_mb": kids.ru_maxrss / 1024,
+    }
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -89,6 +89,8 @@ VARIANTS = {
     "refed-before": "ChatOpenAI transport, AsyncSqliteSaver, with today's runner",
     "refed-original": "another checkout as it is (--original-repo), e.g. before issue 6",
     "refed-fixed": "the default with --fixed-concurrency (no adaptive limit per endpoint)",
+    "refed-p2": "the default with --processes 2 (two graph processes, ledgers in the parent)",
+    "refed-p2-fixed": "--processes 2 --fixed-concurrency",
     "refed-pg1": "one graph.run worker on a Postgres run (--store), the whole in-flight budget",
     "refed-pg2": "two graph.run workers on one Postgres run, the in-flight budget split",
 }
@@ -147,13 +149,16 @@ def _measure_cli(args: argparse.Namespace, run_main: Any) -> dict[str, Any]:
     if code != 0:
         raise SystemExit(f"graph.run exited {code}")
     out = Path(args.out)
-    db = sum(p.stat().st_size for p in out.glob("checkpoints.sqlite*"))
+    db = sum(p.stat().st_size for p in out.glob("checkpoints*.sqlite*"))
     manifest = json.loads((out / "run.json").read_text())
+    graph_processes = int(manifest.get("processes", 1))
     return {
         "wall": wall,
-        "cpu": after["cpu"],
+        # graph processes (--processes) count in: their CPU, and each at the largest's peak
+        "cpu": after["cpu"] + after["children_cpu"],
         "startup_cpu": before["cpu"],
-        "maxrss_mb": after["maxrss_mb"],
+        "maxrss_mb": after["maxrss_mb"]
+        + (after["children_maxrss_mb"] * graph_processes if graph_processes > 1 else 0),
         "db_bytes": db,
         "accepted": manifest["stats"]["accepted"],
         "calls_recorded": manifest["stats"]["usage"]["calls"],
@@ -400,7 +405,11 @@ def measure(
             seeds = write_seeds(work / f"seeds-{refs}.jsonl", refs)
             out = work / f"run-{latency}-{concurrency}-{refs}-{time.monotonic_ns()}"
             args = ["refed", *args, "--seeds", str(seeds), "--out", str(out), "--variant", kind]
-            flags = [*(extra or []), *(["--fixed-concurrency"] if kind == "refed-fixed" else [])]
+            flags = [
+                *(extra or []),
+                *(["--fixed-concurrency"] if kind.endswith("-fixed") else []),
+                *(["--processes", "2"] if kind.startswith("refed-p2") else []),
+            ]
             if flags:
                 args += ["--extra", json.dumps(flags)]
             if kind == "refed-original":

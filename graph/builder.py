@@ -35,7 +35,9 @@ from state.graph_state import CandidateInput, CandidateOutput, CandidateState, R
 from state.records import Usage
 
 
-def _start(state: ReferenceState, runtime: Runtime[RefedContext]) -> str:
+# Routes are coroutines: LangGraph runs a plain function route in a thread pool, one
+# hop per step (BENCHMARKS.md, "Async routes").
+async def _start(state: ReferenceState, runtime: Runtime[RefedContext]) -> str:
     """Feedback is collected in reference mode, unless the input already carries it (cache)."""
     if runtime.context.feedback_mode == "reference" and state.feedback is None:
         return "reference_analysis"
@@ -43,14 +45,14 @@ def _start(state: ReferenceState, runtime: Runtime[RefedContext]) -> str:
 
 
 def _ok_or_end(next_node: str) -> Any:
-    def route(state: ReferenceState) -> str:
+    async def route(state: ReferenceState) -> str:
         return END if state.error else next_node
 
     route.__name__ = f"to_{next_node}"
     return route
 
 
-def _fan_out(state: ReferenceState) -> list[Send] | str:
+async def _fan_out(state: ReferenceState) -> list[Send] | str:
     if state.error or not state.instructions:
         return END
     return [
@@ -62,23 +64,23 @@ def _fan_out(state: ReferenceState) -> list[Send] | str:
     ]
 
 
-def _after_respond(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
+async def _after_respond(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
     if state.error:
         return END
     return "metric_judge" if runtime.context.feedback_mode == "none" else "self_critique"
 
 
-def _after_critique(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
+async def _after_critique(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
     return END if state.error else "metric_judge"
 
 
-def _after_judge(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
+async def _after_judge(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
     if state.error:
         return END
     return "self_critique" if wants_revision(state, runtime.context) else END
 
 
-Route = Callable[[CandidateState, Runtime[RefedContext]], str]
+Route = Callable[[CandidateState, Runtime[RefedContext]], Awaitable[str]]
 
 
 class Node(Protocol):
@@ -106,7 +108,7 @@ def _closing(node: Node, route: Route) -> Node:
     async def step(state: CandidateState, runtime: Runtime[RefedContext]) -> dict[str, Any]:
         update = await node(state, runtime)
         after = _after_update(state, update)
-        if route(after, runtime) == END:
+        if await route(after, runtime) == END:
             update = {**update, **await finalize(after)}
         return update
 

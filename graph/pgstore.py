@@ -697,7 +697,7 @@ class PgRunner(Runner):
                 f"resuming: {len(references) - todo} references already done, {todo} to go",
                 file=sys.stderr,
             )
-        self.progress = Progress(todo, self.client.meter)
+        self.progress = Progress(todo, self.meter())
         store_away = False
         try:
             n = min(default_workers(self.settings), max(1, todo))

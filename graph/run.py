@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from graph.runfolder import Manifest, RunConfigMismatch, RunFolder
 from graph.seeds import SeedError, read_seeds
 from nodes.balancer import endpoint_client, endpoint_stats
 from nodes.circuit import CircuitBreaker, CircuitOpen
-from nodes.llm import LLMClient, register_client, unregister_client
+from nodes.llm import LLMClient, Meter, register_client, unregister_client
 from state.context import RefedContext
 from state.graph_state import ReferenceState
 from state.records import (
@@ -82,17 +83,46 @@ def default_workers(settings: RefedSettings) -> int:
     return max(2, math.ceil(2 * settings.concurrency * endpoints / settings.per_reference))
 
 
+async def run_thread(
+    app: CompiledStateGraph[ReferenceState, RefedContext, ReferenceState, ReferenceState],
+    ref: Reference,
+    run_id: str,
+    context: RefedContext,
+    durability: Any,
+    on_update: Callable[[str, dict[str, Any] | None], None],
+) -> dict[str, Any]:
+    """Run or resume ``ref``'s thread (``run_id:reference_id``) to its end.
+
+    ``on_update(node, update)`` sees each finished step of the reference graph as it
+    lands; returns the thread's final state values (a finished thread: at once).
+    """
+    cfg: RunnableConfig = {"configurable": {"thread_id": f"{run_id}:{ref.id}"}}
+    snapshot = await app.aget_state(cfg)
+    if snapshot.values and not snapshot.next:
+        return dict(snapshot.values)
+    start = None if snapshot.next else ReferenceState(reference=ref)
+    if start is None:
+        log.info("reference_resumed", reference_id=ref.id, next=list(snapshot.next))
+    async for chunk in app.astream(
+        start, cfg, context=context, stream_mode="updates", durability=durability
+    ):
+        for node, update in chunk.items():
+            on_update(node, update)
+    return dict((await app.aget_state(cfg)).values)
+
+
 class Runner:
     """Runs references through the graph and writes what finishes to the run folder."""
 
     def __init__(
         self,
-        app: CompiledStateGraph[ReferenceState, RefedContext, ReferenceState, ReferenceState],
+        app: CompiledStateGraph[ReferenceState, RefedContext, ReferenceState, ReferenceState]
+        | None,
         folder: RunFolder,
         manifest: Manifest,
         context: RefedContext,
         settings: RefedSettings,
-        client: LLMClient,
+        client: LLMClient | None,
         judge_client: LLMClient | None = None,
     ) -> None:
         self.app = app
@@ -135,31 +165,32 @@ class Runner:
         target = self.settings.samples
         return target is not None and self.folder.accepted >= target
 
+    def on_update(self, ref: Reference, node: str, update: dict[str, Any] | None) -> None:
+        """Write what a finished graph step produced: closed candidates, the feedback."""
+        if node == "candidate" and update:
+            self._write_candidates(ref, update.get("candidates", []))
+        elif node == "feedback_distillation" and update and update.get("feedback"):
+            self.folder.add_feedback(ReferenceFeedback.model_validate(update["feedback"]))
+
+    async def execute(self, ref: Reference) -> dict[str, Any]:
+        """Run (or resume) the reference's thread; its final state values."""
+        assert self.app is not None
+        return await run_thread(
+            self.app,
+            ref,
+            self.manifest.run_id,
+            self.context,
+            self.settings.durability,
+            lambda node, update: self.on_update(ref, node, update),
+        )
+
     async def process(self, ref: Reference) -> None:
-        cfg: RunnableConfig = {"configurable": {"thread_id": f"{self.manifest.run_id}:{ref.id}"}}
-        snapshot = await self.app.aget_state(cfg)
-        if not (snapshot.values and not snapshot.next):
-            start = None if snapshot.next else ReferenceState(reference=ref)
-            if start is None:
-                log.info("reference_resumed", reference_id=ref.id, next=list(snapshot.next))
-            async for chunk in self.app.astream(
-                start,
-                cfg,
-                context=self.context,
-                stream_mode="updates",
-                durability=self.settings.durability,
-            ):
-                for node, update in chunk.items():
-                    if node == "candidate" and update:
-                        self._write_candidates(ref, update.get("candidates", []))
-                    elif node == "feedback_distillation" and update and update.get("feedback"):
-                        self.folder.add_feedback(
-                            ReferenceFeedback.model_validate(update["feedback"])
-                        )
-            snapshot = await self.app.aget_state(cfg)
-        values = snapshot.values
-        # Reconcile: whatever the checkpoint holds that the ledgers do not (a crash
-        # between checkpoint and ledger write) is written now; ids make it exactly-once.
+        self.finish(ref, await self.execute(ref))
+
+    def finish(self, ref: Reference, values: dict[str, Any]) -> None:
+        """Reconcile the thread's final state with the ledgers and mark the reference done."""
+        # Whatever the checkpoint holds that the ledgers do not (a crash between
+        # checkpoint and ledger write) is written now; ids make it exactly-once.
         candidates = [Candidate.model_validate(c) for c in values.get("candidates", [])]
         self._write_candidates(ref, candidates)
         if values.get("feedback") is not None:
@@ -183,8 +214,14 @@ class Runner:
 
     def requests(self) -> int:
         """LLM requests made by this process, the judge's own client included."""
-        judge = self.judge_client.meter.requests if self.judge_client is not None else 0
-        return self.client.meter.requests + judge
+        return self.meter().requests + (
+            self.judge_client.meter.requests if self.judge_client is not None else 0
+        )
+
+    def meter(self) -> Meter:
+        """Live counters of the generator's client (what the progress line shows)."""
+        assert self.client is not None
+        return self.client.meter
 
     async def worker(self, queue: asyncio.Queue[Reference]) -> None:
         while not self._target_reached():
@@ -230,7 +267,7 @@ class Runner:
         queue: asyncio.Queue[Reference] = asyncio.Queue()
         for ref in todo:
             queue.put_nowait(ref)
-        self.progress = Progress(len(todo), self.client.meter)
+        self.progress = Progress(len(todo), self.meter())
         try:
             n = min(default_workers(self.settings), max(1, len(todo)))
             async with asyncio.TaskGroup() as tg:
@@ -335,62 +372,90 @@ async def run_batch(
 
         return await run_batch_pg(settings, references, base_url=base_url, client=client)
     base_url = base_url or settings.base_url
-    if client is None:
-        if base_url is None:
-            raise ValueError("run_batch needs a base_url or a client")
-        client = _client_from_settings(settings, base_url, settings.model)
+    if client is None and base_url is None:
+        raise ValueError("run_batch needs a base_url or a client")
     folder, manifest = RunFolder.open(
         settings, prompts.versions(), model=settings.model, base_url=base_url
     )
+    try:
+        if manifest.processes > 1:
+            from graph.procpool import run_in_processes
+
+            if client is not None or base_url is None:
+                raise ValueError("a run with several processes needs a base_url, not a client")
+            return await run_in_processes(settings, references, folder, manifest, base_url)
+        if client is None:
+            assert base_url is not None
+            client = _client_from_settings(settings, base_url, settings.model)
+        return await _run_here(settings, references, folder, manifest, base_url, client)
+    finally:
+        folder.close()
+
+
+async def _run_here(
+    settings: RefedSettings,
+    references: list[Reference],
+    folder: RunFolder,
+    manifest: Manifest,
+    base_url: str | None,
+    client: LLMClient,
+) -> RunResult:
+    """The run in this process: the graph, its checkpoints and the ledgers together."""
     key, judge_key, judge_client, context = wire_clients(
         settings, base_url, client, manifest.run_id
     )
-    interrupted = False
-    stopped_by: BaseException | None = None
     try:
         async with sqlite_saver(folder.checkpoints) as saver:
             runner = Runner(
                 compile_graph(saver), folder, manifest, context, settings, client, judge_client
             )
-            try:
-                await runner.run(references)
-            except asyncio.CancelledError:
-                interrupted = True
-                raise
-            except (CircuitOpen, LedgerError) as exc:
-                stopped_by = exc
-                raise
-            finally:
-                manifest.stats = folder.stats(runner.requests())
-                done = len(folder.done) >= len(references) and not runner.failed
-                manifest.status = (
-                    "interrupted"
-                    if interrupted
-                    else ("finished" if done or runner._target_reached() else "incomplete")
-                )
-                if isinstance(stopped_by, CircuitOpen):
-                    manifest.status = "server_unavailable"
-                elif stopped_by is not None:
-                    manifest.status = "storage_error"
-                try:
-                    folder.write_manifest(manifest)
-                except OSError as exc:  # a full disk: keep the error that stopped the run
-                    log.error("manifest_not_written", error=str(exc))
-                    if stopped_by is None:
-                        raise LedgerError(
-                            f"cannot write {folder.manifest_path}: {exc.strerror or exc}"
-                        ) from exc
+            interrupted = await drive(runner, references)
     finally:
         unregister_client(key)
         if judge_key is not None:
             unregister_client(judge_key)
-        folder.close()
         for used in (client, judge_client):
             if used is not None:
                 await used.aclose()
     return RunResult(
         settings.out, manifest, manifest.stats, runner.failed, interrupted, endpoint_stats(client)
     )
+
+
+async def drive(runner: Runner, references: list[Reference]) -> bool:
+    """``runner.run`` with run.json kept true to how it ended; True when interrupted."""
+    folder, manifest = runner.folder, runner.manifest
+    interrupted = False
+    stopped_by: BaseException | None = None
+    try:
+        await runner.run(references)
+    except asyncio.CancelledError:
+        interrupted = True
+        raise
+    except (CircuitOpen, LedgerError) as exc:
+        stopped_by = exc
+        raise
+    finally:
+        manifest.stats = folder.stats(runner.requests())
+        done = len(folder.done) >= len(references) and not runner.failed
+        manifest.status = (
+            "interrupted"
+            if interrupted
+            else ("finished" if done or runner._target_reached() else "incomplete")
+        )
+        if isinstance(stopped_by, CircuitOpen):
+            manifest.status = "server_unavailable"
+        elif stopped_by is not None:
+            manifest.status = getattr(stopped_by, "status", "storage_error")
+        try:
+            folder.write_manifest(manifest)
+        except OSError as exc:  # a full disk: keep the error that stopped the run
+            log.error("manifest_not_written", error=str(exc))
+            if stopped_by is None:
+                raise LedgerError(
+                    f"cannot write {folder.manifest_path}: {exc.strerror or exc}"
+                ) from exc
+    return interrupted
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

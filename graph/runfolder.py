@@ -6,7 +6,8 @@ feedback.jsonl     one ReferenceFeedback per reference (reference mode)
 references.jsonl   one ReferenceDone per finished reference
 run.json           config, model, prompt versions, counters
 schema.json        JSON schemas of the records above
-checkpoints.sqlite LangGraph checkpoints, one thread per reference
+checkpoints.sqlite LangGraph checkpoints, one thread per reference (checkpoints-K.sqlite:
+                   process K's, with --processes)
 log.jsonl          structlog JSON lines
 """
 
@@ -54,6 +55,8 @@ class Manifest(BaseModel):
     fingerprint: dict[str, Any]
     prompt_versions: dict[str, str]
     settings: dict[str, Any] = Field(default_factory=dict)
+    processes: int = 1
+    """Graph processes the run was started with: its checkpoints are sharded by it."""
     stats: RunStats = Field(default_factory=RunStats)
 
 
@@ -75,6 +78,7 @@ def new_manifest(
         fingerprint=settings.fingerprint(),
         prompt_versions=prompt_versions,
         settings=settings.public_dump(),
+        processes=settings.processes or 1,
     )
 
 
@@ -87,6 +91,7 @@ class RunFolder:
         self.references = Ledger(path / "references.jsonl")
         self.manifest_path = path / "run.json"
         self.checkpoints = path / "checkpoints.sqlite"
+        """Checkpoints of a one-process run, and of a sharded run's first process."""
         self.log_file = path / "log.jsonl"
         # What the ledgers already hold (resume): loaded once, kept up to date.
         self.sample_ids: set[str] = set()
@@ -106,6 +111,10 @@ class RunFolder:
         self._closing = False
 
     # --- opening ------------------------------------------------------------------
+    def checkpoint_shard(self, index: int) -> Path:
+        """The checkpoint file of graph process ``index`` (0: ``checkpoints.sqlite``)."""
+        return self.checkpoints if index == 0 else self.path / f"checkpoints-{index}.sqlite"
+
     @classmethod
     def open(
         cls,
@@ -142,6 +151,12 @@ class RunFolder:
                     f"{path} holds a run with a different configuration ({lines}). "
                     "Use the same settings to resume, another --out, or --force-new to "
                     "start over (the old folder is kept, renamed)."
+                )
+            if settings.processes is not None and settings.processes != manifest.processes:
+                raise RunConfigMismatch(
+                    f"{path} holds a run started with --processes {manifest.processes} (its "
+                    f"checkpoints are sharded by it); resume it with --processes "
+                    f"{manifest.processes} or without the flag, or use another --out."
                 )
             manifest.status = "running"
             manifest.base_url = base_url

@@ -189,6 +189,15 @@ class RefedSettings(BaseSettings):
     workers: int | None = Field(
         default=None, ge=1, description="References in flight (default: from concurrency)."
     )
+    processes: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Worker processes that run the graph (each with its own checkpoint file, "
+        "the in-flight budget split between them); this process keeps the ledgers. More "
+        "than 1 uses more cores where one process's CPU is the limit (many requests in "
+        "flight, fast servers). Fixed when a run starts; unset: the run's own, or 1.",
+    )
     on_bad_record: Literal["fail", "skip"] = Field(default="fail")
     force_new: bool = Field(default=False, description="Start over in an existing run folder.")
     durability: Literal["sync", "async", "exit"] = Field(default="async")

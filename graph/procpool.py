@@ -1,0 +1,435 @@
+"""Several graph processes for one run (``--processes N``): the graph on more cores.
+
+One Python process spends a few milliseconds of CPU per LLM call in LangGraph's engine,
+the checkpointer and the HTTP client; with hundreds of requests in flight that CPU, not
+the server, is the limit (BENCHMARKS.md). With ``--processes N`` the run's process keeps
+the seeds, the ledgers, the quality gate and the progress, and starts N children
+(``python -m graph.procpool``), each running reference threads on its own checkpoint file
+(``RunFolder.checkpoint_shard``) with its share of the in-flight budget.
+
+The wire is JSON lines over the children's stdin and stdout:
+
+    parent → child   {"settings": …, "api_key": …, "run_id": …, "shard": K, …}  once, then
+                     {"ref": Reference}                                           per reference
+    child → parent   {"kind": "ready"}
+                     {"kind": "update", "ref": ID, "node": NAME, "update": …}    a finished step
+                     {"kind": "final", "ref": ID, "values": …}                   the thread's end
+                     {"kind": "crashed", "ref": ID, "error": …}                  a bug, this ref
+                     {"kind": "fatal", "what": "circuit"|"storage", "error": …}  the run stops
+                     every message also carries "meter": the child's live counters.
+
+A reference already started in an earlier process goes back to the child that owns its
+checkpoint file; fresh ones go to whichever child has room. A child stops when its stdin
+closes (the parent finished, was stopped, or was killed), so no child outlives its run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pydantic_core
+import structlog
+
+from graph.ledger import LedgerError
+from graph.run import Runner, RunResult, default_workers, drive
+from graph.runfolder import Manifest, RunFolder
+from nodes.circuit import CircuitOpen
+from nodes.llm import Meter
+from state.context import RefedContext
+from state.records import Reference
+from state.settings import RefedSettings
+
+log = structlog.get_logger("refed.procpool")
+
+LINE_LIMIT = 1 << 26
+"""Longest JSON line either side reads (a reference's final state with all its candidates)."""
+CLOSE_GRACE = 5.0
+"""Seconds a child gets to exit after its stdin closes before it is killed."""
+
+OnUpdate = Callable[[str, dict[str, Any] | None], None]
+
+
+class GraphProcessDied(LedgerError):
+    """A graph process ended while the run needed it (killed, out of memory, a crash)."""
+
+    advice = "finished samples are saved; rerun the same command to resume"
+    status = "process_died"
+
+
+class ReferenceCrashed(RuntimeError):
+    """The child's graph raised for one reference (a bug); the others go on."""
+
+
+def child_settings(settings: RefedSettings, processes: int) -> RefedSettings:
+    """One child's settings: its share of the in-flight budget and of the references in flight."""
+    share: dict[str, Any] = {
+        "concurrency": math.ceil(settings.concurrency / processes),
+        "workers": math.ceil(default_workers(settings) / processes),
+        "processes": 1,
+    }
+    if settings.judge_concurrency:
+        share["judge_concurrency"] = math.ceil(settings.judge_concurrency / processes)
+    return settings.model_copy(update=share)
+
+
+def started_threads(folder: RunFolder, processes: int, run_id: str) -> dict[str, int]:
+    """Reference id -> the shard whose checkpoint file already holds its thread."""
+    prefix = f"{run_id}:"
+    found: dict[str, int] = {}
+    for shard in range(processes):
+        path = folder.checkpoint_shard(shard)
+        if not path.exists():
+            continue
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+        try:
+            rows = conn.execute("SELECT DISTINCT thread_id FROM checkpoints").fetchall()
+        except sqlite3.OperationalError:  # created, tables not yet
+            rows = []
+        finally:
+            conn.close()
+        for (thread_id,) in rows:
+            if thread_id.startswith(prefix):
+                found[thread_id[len(prefix) :]] = shard
+    return found
+
+
+class GraphProcess:
+    """The parent's handle on one child: send references, receive their steps and ends."""
+
+    def __init__(self, shard: int, proc: asyncio.subprocess.Process) -> None:
+        self.shard = shard
+        self.proc = proc
+        self.meter: dict[str, Any] = {}
+        """The child's latest counters (requests, tokens, in flight, endpoints)."""
+        self._pending: dict[str, tuple[OnUpdate, asyncio.Future[dict[str, Any]]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._dead: BaseException | None = None
+
+    @classmethod
+    async def start(cls, shard: int, config: dict[str, Any]) -> GraphProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "graph.procpool",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=LINE_LIMIT,
+            start_new_session=True,  # a terminal's Ctrl-C goes to the parent, which stops them
+        )
+        self = cls(shard, proc)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(_line({**config, "shard": shard}))
+        first = await proc.stdout.readline()
+        if not first:
+            code = await proc.wait()
+            raise GraphProcessDied(f"graph process {shard} exited with status {code} at start")
+        msg = json.loads(first)
+        if msg.get("kind") != "ready":
+            raise GraphProcessDied(f"graph process {shard} did not start: {msg.get('error', msg)}")
+        self._reader = asyncio.create_task(self._read(), name=f"graph-process-{shard}")
+        return self
+
+    async def run(self, ref: Reference, on_update: OnUpdate) -> dict[str, Any]:
+        """Run ``ref``'s thread in the child; ``on_update`` sees its steps; its final values."""
+        if self._dead is not None:
+            raise self._dead
+        assert self.proc.stdin is not None
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[ref.id] = (on_update, future)
+        self.proc.stdin.write(_line({"ref": ref}))
+        try:
+            return await future
+        finally:
+            self._pending.pop(ref.id, None)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            while line := await self.proc.stdout.readline():
+                self._handle(json.loads(line))
+        except (ValueError, asyncio.LimitOverrunError) as exc:
+            self._fail_all(GraphProcessDied(f"graph process {self.shard} sent a bad line: {exc}"))
+            self.proc.kill()
+            return
+        code = await self.proc.wait()
+        self._fail_all(
+            GraphProcessDied(f"graph process {self.shard} (pid {self.proc.pid}) exited ({code})")
+        )
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        self.meter = msg.get("meter", self.meter)
+        kind = msg["kind"]
+        if kind == "fatal":
+            error, what = msg["error"], msg["what"]
+            if what == "circuit":
+                self._fail_all(CircuitOpen(msg.get("failing_for", 0.0), error))
+            elif what == "storage":
+                self._fail_all(LedgerError(error))
+            else:
+                self._fail_all(GraphProcessDied(f"graph process {self.shard}: {error}"))
+            return
+        pending = self._pending.get(msg["ref"])
+        if pending is None or pending[1].done():
+            return
+        on_update, future = pending
+        if kind == "update":
+            try:
+                on_update(msg["node"], msg["update"])
+            except Exception as exc:  # a ledger write failed: this reference stops here
+                future.set_exception(exc)
+        elif kind == "final":
+            future.set_result(msg["values"])
+        elif kind == "crashed":
+            future.set_exception(ReferenceCrashed(msg["error"]))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        if self._dead is None:
+            self._dead = exc
+        for _, future in self._pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    async def close(self) -> None:
+        """Close the child's stdin (it stops), wait a moment, then kill it."""
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), CLOSE_GRACE)
+        except (TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+        finally:
+            if self._reader is not None:
+                self._reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._reader
+
+
+def merged_meter(processes: list[GraphProcess], into: Meter) -> Meter:
+    """Sum the children's latest counters into ``into`` (the parent's progress reads it)."""
+    for name in ("requests", "failed", "prompt_tokens", "completion_tokens", "in_flight"):
+        setattr(into, name, sum(p.meter.get(name, 0) for p in processes))
+    return into
+
+
+def merged_endpoints(processes: list[GraphProcess]) -> list[dict[str, Any]]:
+    """The children's per-endpoint counters added up per endpoint."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in processes:
+        for e in p.meter.get("endpoints", []):
+            have = out.get(e["base_url"])
+            if have is None:
+                out[e["base_url"]] = dict(e)
+                continue
+            for name in ("calls", "failures", "in_flight", "limit", "cap", "peak_in_flight"):
+                if name in e:
+                    have[name] = have.get(name, 0) + e[name]
+            have["ejected"] = bool(have.get("ejected")) or bool(e.get("ejected"))
+    return list(out.values())
+
+
+class ShardedRunner(Runner):
+    """A :class:`Runner` whose references run in graph processes; the ledgers stay here."""
+
+    def __init__(
+        self,
+        folder: RunFolder,
+        manifest: Manifest,
+        context: RefedContext,
+        settings: RefedSettings,
+        processes: list[GraphProcess],
+        started: dict[str, int],
+    ) -> None:
+        super().__init__(None, folder, manifest, context, settings, None)
+        self.processes = processes
+        self.started = started
+        self._meter = Meter()
+        self._load = [0] * len(processes)
+
+    def meter(self) -> Meter:
+        return merged_meter(self.processes, self._meter)
+
+    async def execute(self, ref: Reference) -> dict[str, Any]:
+        shard = self.started.get(ref.id)
+        if shard is None:  # a fresh reference: the least loaded process
+            shard = min(range(len(self.processes)), key=self._load.__getitem__)
+        self._load[shard] += 1
+        try:
+            return await self.processes[shard].run(
+                ref, lambda node, update: self.on_update(ref, node, update)
+            )
+        finally:
+            self._load[shard] -= 1
+            self.meter()
+
+
+async def run_in_processes(
+    settings: RefedSettings,
+    references: list[Reference],
+    folder: RunFolder,
+    manifest: Manifest,
+    base_url: str,
+) -> RunResult:
+    """Run (or resume) the batch with ``manifest.processes`` graph processes."""
+    n = manifest.processes
+    config = {
+        "settings": child_settings(settings, n).model_dump(mode="json"),
+        "api_key": settings.api_key.get_secret_value(),
+        "base_url": base_url,
+        "run_id": manifest.run_id,
+    }
+    started = started_threads(folder, n, manifest.run_id)
+    processes: list[GraphProcess] = []
+    try:
+        # (a child left behind by a Ctrl-C here exits when this process does: its stdin closes)
+        started_up = await asyncio.gather(
+            *(GraphProcess.start(k, config) for k in range(n)), return_exceptions=True
+        )
+        processes.extend(p for p in started_up if isinstance(p, GraphProcess))
+        for failure in started_up:
+            if isinstance(failure, BaseException):
+                raise failure
+        context = RefedContext.from_settings(settings, base_url=base_url, run_id=manifest.run_id)
+        runner = ShardedRunner(folder, manifest, context, settings, processes, started)
+        interrupted = await drive(runner, references)
+    finally:
+        await asyncio.gather(*(p.close() for p in processes), return_exceptions=True)
+    return RunResult(
+        settings.out,
+        manifest,
+        manifest.stats,
+        runner.failed,
+        interrupted,
+        merged_endpoints(processes),
+    )
+
+
+def _line(msg: dict[str, Any]) -> bytes:
+    return pydantic_core.to_json(msg) + b"\n"
+
+
+# ---------------------------------------------------------------------------- the child
+
+
+def _meter(client: Any, judge: Any) -> dict[str, Any]:
+    from nodes.balancer import endpoint_stats
+
+    m = client.meter
+    return {
+        "requests": m.requests + (judge.meter.requests if judge is not None else 0),
+        "failed": m.failed,
+        "prompt_tokens": m.prompt_tokens,
+        "completion_tokens": m.completion_tokens,
+        "in_flight": m.in_flight,
+        "endpoints": endpoint_stats(client),
+    }
+
+
+async def _serve(config: dict[str, Any], out: Any) -> None:
+    from graph.builder import compile_graph
+    from graph.checkpoint import sqlite_saver
+    from graph.logs import add_secret, configure_logging
+    from graph.run import _client_from_settings, _storage_error, run_thread, wire_clients
+    from nodes.llm import unregister_client
+
+    api_key = config["api_key"]
+    settings = RefedSettings.model_validate({**config["settings"], "api_key": api_key})
+    add_secret(api_key)
+    configure_logging(settings.out / "log.jsonl", level=settings.log_level)
+    base_url, run_id, shard = config["base_url"], config["run_id"], config["shard"]
+    client = _client_from_settings(settings, base_url, settings.model)
+    key, judge_key, judge_client, context = wire_clients(settings, base_url, client, run_id)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, out)
+
+    def send(msg: dict[str, Any]) -> None:
+        msg["meter"] = _meter(client, judge_client)
+        transport.write(_line(msg))
+
+    saver_path = RunFolder(settings.out).checkpoint_shard(shard)
+    try:
+        async with sqlite_saver(saver_path) as saver:
+            app = compile_graph(saver)
+
+            async def handle(ref: Reference) -> None:
+                def on_update(node: str, update: dict[str, Any] | None) -> None:
+                    send({"kind": "update", "ref": ref.id, "node": node, "update": update})
+
+                try:
+                    values = await run_thread(
+                        app, ref, run_id, context, settings.durability, on_update
+                    )
+                except CircuitOpen as exc:
+                    send(
+                        {
+                            "kind": "fatal",
+                            "what": "circuit",
+                            "failing_for": exc.failing_for,
+                            "error": exc.last_error,
+                        }
+                    )
+                except Exception as exc:
+                    if _storage_error(exc):
+                        error = f"cannot write {saver_path}: {exc}"
+                        send({"kind": "fatal", "what": "storage", "error": error})
+                    else:
+                        log.error("reference_crashed", reference_id=ref.id, exc_info=True)
+                        send({"kind": "crashed", "ref": ref.id, "error": repr(exc)})
+                else:
+                    send({"kind": "final", "ref": ref.id, "values": values})
+
+            send({"kind": "ready"})
+            tasks: set[asyncio.Task[None]] = set()
+            while line := await reader.readline():
+                ref = Reference.model_validate(json.loads(line)["ref"])
+                task = asyncio.create_task(handle(ref))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            for task in tasks:  # stdin closed: the run is over or stopping
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        unregister_client(key)
+        if judge_key is not None:
+            unregister_client(judge_key)
+        for used in (client, judge_client):
+            if used is not None:
+                await used.aclose()
+        transport.close()
+
+
+def main() -> int:
+    """A graph process: ``python -m graph.procpool``, started by the run, never by hand."""
+    from graph.run import new_event_loop
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # a stray print must not corrupt the wire: stdout now goes to stderr
+    first = sys.stdin.buffer.readline()
+    if not first:
+        return 0
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(_serve(json.loads(first), out))
+    except Exception as exc:
+        out.write(_line({"kind": "fatal", "what": "start", "error": repr(exc)}))
+        raise
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
