@@ -33,8 +33,9 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import pydantic_core
 import structlog
@@ -102,20 +103,91 @@ def started_threads(folder: RunFolder, processes: int, run_id: str) -> dict[str,
     return found
 
 
-class GraphProcess:
-    """The parent's handle on one child: send references, receive their steps and ends."""
+@dataclass
+class Forked:
+    """A child forked before the run's event loop existed, waiting for its config."""
 
-    def __init__(self, shard: int, proc: asyncio.subprocess.Process) -> None:
-        self.shard = shard
-        self.proc = proc
-        self.meter: dict[str, Any] = {}
-        """The child's latest counters (requests, tokens, in flight, endpoints)."""
-        self._pending: dict[str, tuple[OnUpdate, asyncio.Future[dict[str, Any]]]] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self._dead: BaseException | None = None
+    pid: int
+    to_child: int
+    from_child: int
+
+
+def prefork(n: int) -> list[Forked]:
+    """Fork ``n`` graph processes now, while this process has no threads and no event loop.
+
+    A forked child starts with every module already imported (no second start-up of a
+    second or more); it waits for its config on a pipe and exits when the pipe closes,
+    so children never used (an error before the run) simply go away.
+    """
+    children: list[Forked] = []
+    for _ in range(n):
+        down_r, down_w = os.pipe()
+        up_r, up_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                for other in children:  # the pipes of its elder siblings are not its own
+                    os.close(other.to_child)
+                    os.close(other.from_child)
+                os.close(down_w)
+                os.close(up_r)
+                code = _child_main(os.fdopen(down_r, "rb"), os.fdopen(up_w, "wb", buffering=0))
+            finally:
+                os._exit(code)
+        os.close(down_r)
+        os.close(up_w)
+        children.append(Forked(pid, down_w, up_r))
+    return children
+
+
+def discard(children: list[Forked]) -> None:
+    """Close unused forked children's pipes (they exit) and reap them."""
+    for child in children:
+        for fd in (child.to_child, child.from_child):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+    for child in children:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child.pid, 0)
+
+
+def planned_processes(settings: RefedSettings) -> int:
+    """The graph processes this run will have: the flag, else the run folder's, else 1."""
+    if settings.processes:
+        return settings.processes
+    path = settings.out / "run.json"
+    if settings.force_new or not path.exists():
+        return 1
+    try:
+        return int(json.loads(path.read_text()).get("processes", 1))
+    except (OSError, ValueError, TypeError):
+        return 1  # RunFolder.open reports a broken run.json
+
+
+class _Pipes:
+    """A child's two pipes and its pid, the same to the parent whether forked or started."""
+
+    def __init__(
+        self,
+        pid: int,
+        reader: asyncio.StreamReader,
+        write: Callable[[bytes], None],
+        close_input: Callable[[], None],
+        wait: Callable[[], Awaitable[int]],
+    ) -> None:
+        self.pid, self.reader, self.write = pid, reader, write
+        self.close_input, self.wait = close_input, wait
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
 
     @classmethod
-    async def start(cls, shard: int, config: dict[str, Any]) -> GraphProcess:
+    async def exec(cls) -> _Pipes:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -125,12 +197,60 @@ class GraphProcess:
             limit=LINE_LIMIT,
             start_new_session=True,  # a terminal's Ctrl-C goes to the parent, which stops them
         )
-        self = cls(shard, proc)
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(_line({**config, "shard": shard}))
-        first = await proc.stdout.readline()
+        stdin = proc.stdin
+        return cls(proc.pid, proc.stdout, stdin.write, stdin.close, proc.wait)
+
+    @classmethod
+    async def adopt(cls, child: Forked) -> _Pipes:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=LINE_LIMIT)
+        up, down = os.fdopen(child.from_child, "rb"), os.fdopen(child.to_child, "wb", buffering=0)
+        child.from_child = child.to_child = -1  # the transports own them now
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), up)
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, down)
+        exited: asyncio.Future[int] | None = None
+
+        async def wait() -> int:
+            nonlocal exited
+            if exited is None:  # reaped once, in a thread (the loop does not watch it)
+                exited = loop.run_in_executor(None, _exit_status, child.pid)
+            return await asyncio.shield(exited)
+
+        return cls(child.pid, reader, transport.write, transport.close, wait)
+
+
+def _exit_status(pid: int) -> int:
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return -1
+    return os.waitstatus_to_exitcode(status)
+
+
+class GraphProcess:
+    """The parent's handle on one child: send references, receive their steps and ends."""
+
+    def __init__(self, shard: int, pipes: _Pipes) -> None:
+        self.shard = shard
+        self.pipes = pipes
+        self.meter: dict[str, Any] = {}
+        """The child's latest counters (requests, tokens, in flight, endpoints)."""
+        self._pending: dict[str, tuple[OnUpdate, asyncio.Future[dict[str, Any]]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._dead: BaseException | None = None
+
+    @classmethod
+    async def start(
+        cls, shard: int, config: dict[str, Any], forked: Forked | None = None
+    ) -> GraphProcess:
+        """Hand ``config`` to a forked child, or start one, and wait until it is ready."""
+        pipes = await (_Pipes.adopt(forked) if forked is not None else _Pipes.exec())
+        self = cls(shard, pipes)
+        pipes.write(_line({**config, "shard": shard}))
+        first = await pipes.reader.readline()
         if not first:
-            code = await proc.wait()
+            code = await pipes.wait()
             raise GraphProcessDied(f"graph process {shard} exited with status {code} at start")
         msg = json.loads(first)
         if msg.get("kind") != "ready":
@@ -142,27 +262,25 @@ class GraphProcess:
         """Run ``ref``'s thread in the child; ``on_update`` sees its steps; its final values."""
         if self._dead is not None:
             raise self._dead
-        assert self.proc.stdin is not None
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[ref.id] = (on_update, future)
-        self.proc.stdin.write(_line({"ref": ref}))
+        self.pipes.write(_line({"ref": ref}))
         try:
             return await future
         finally:
             self._pending.pop(ref.id, None)
 
     async def _read(self) -> None:
-        assert self.proc.stdout is not None
         try:
-            while line := await self.proc.stdout.readline():
+            while line := await self.pipes.reader.readline():
                 self._handle(json.loads(line))
         except (ValueError, asyncio.LimitOverrunError) as exc:
             self._fail_all(GraphProcessDied(f"graph process {self.shard} sent a bad line: {exc}"))
-            self.proc.kill()
+            self.pipes.kill()
             return
-        code = await self.proc.wait()
+        code = await self.pipes.wait()
         self._fail_all(
-            GraphProcessDied(f"graph process {self.shard} (pid {self.proc.pid}) exited ({code})")
+            GraphProcessDied(f"graph process {self.shard} (pid {self.pipes.pid}) exited ({code})")
         )
 
     def _handle(self, msg: dict[str, Any]) -> None:
@@ -199,15 +317,13 @@ class GraphProcess:
                 future.set_exception(exc)
 
     async def close(self) -> None:
-        """Close the child's stdin (it stops), wait a moment, then kill it."""
-        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
-            self.proc.stdin.close()
+        """Close the child's input (it stops), wait a moment, then kill it."""
+        self.pipes.close_input()
         try:
-            await asyncio.wait_for(asyncio.shield(self.proc.wait()), CLOSE_GRACE)
+            await asyncio.wait_for(asyncio.shield(self.pipes.wait()), CLOSE_GRACE)
         except (TimeoutError, asyncio.CancelledError):
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            await self.proc.wait()
+            self.pipes.kill()
+            await self.pipes.wait()
         finally:
             if self._reader is not None:
                 self._reader.cancel()
@@ -279,8 +395,10 @@ async def run_in_processes(
     folder: RunFolder,
     manifest: Manifest,
     base_url: str,
+    forked: list[Forked],
 ) -> RunResult:
-    """Run (or resume) the batch with ``manifest.processes`` graph processes."""
+    """Run (or resume) the batch with ``manifest.processes`` graph processes (forked ahead
+    where ``forked`` has them, else started now)."""
     n = manifest.processes
     config = {
         "settings": child_settings(settings, n).model_dump(mode="json"),
@@ -292,8 +410,9 @@ async def run_in_processes(
     processes: list[GraphProcess] = []
     try:
         # (a child left behind by a Ctrl-C here exits when this process does: its stdin closes)
+        ahead: list[Forked | None] = [*forked[:n], *[None] * (n - len(forked))]
         started_up = await asyncio.gather(
-            *(GraphProcess.start(k, config) for k in range(n)), return_exceptions=True
+            *(GraphProcess.start(k, config, ahead[k]) for k in range(n)), return_exceptions=True
         )
         processes.extend(p for p in started_up if isinstance(p, GraphProcess))
         for failure in started_up:
@@ -335,7 +454,7 @@ def _meter(client: Any, judge: Any) -> dict[str, Any]:
     }
 
 
-async def _serve(config: dict[str, Any], out: Any) -> None:
+async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
     from graph.builder import compile_graph
     from graph.checkpoint import sqlite_saver
     from graph.logs import add_secret, configure_logging
@@ -351,7 +470,7 @@ async def _serve(config: dict[str, Any], out: Any) -> None:
     key, judge_key, judge_client, context = wire_clients(settings, base_url, client, run_id)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), inp)
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, out)
 
     def send(msg: dict[str, Any]) -> None:
@@ -410,25 +529,31 @@ async def _serve(config: dict[str, Any], out: Any) -> None:
         transport.close()
 
 
-def main() -> int:
-    """A graph process: ``python -m graph.procpool``, started by the run, never by hand."""
+def _child_main(inp: BinaryIO, out: BinaryIO) -> int:
+    """A graph process: read the config, serve references until the input closes."""
     from graph.run import new_event_loop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    out = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)  # a stray print must not corrupt the wire: stdout now goes to stderr
-    first = sys.stdin.buffer.readline()
+    first = inp.readline()  # the parent sends nothing more before "ready": no read-ahead
     if not first:
         return 0
     loop = new_event_loop()
     try:
-        loop.run_until_complete(_serve(json.loads(first), out))
+        loop.run_until_complete(_serve(json.loads(first), inp, out))
     except Exception as exc:
-        out.write(_line({"kind": "fatal", "what": "start", "error": repr(exc)}))
+        with contextlib.suppress(OSError):
+            out.write(_line({"kind": "fatal", "what": "start", "error": repr(exc)}))
         raise
     finally:
         loop.close()
     return 0
+
+
+def main() -> int:
+    """``python -m graph.procpool``: a graph process started by a run, never by hand."""
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # a stray print must not corrupt the wire: stdout now goes to stderr
+    return _child_main(sys.stdin.buffer, out)
 
 
 if __name__ == "__main__":

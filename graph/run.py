@@ -365,8 +365,13 @@ async def run_batch(
     *,
     base_url: str | None = None,
     client: LLMClient | None = None,
+    forked: list[Any] | None = None,
 ) -> RunResult:
-    """Run (or resume) a batch over ``references`` with an LLM at ``base_url`` or ``client``."""
+    """Run (or resume) a batch over ``references`` with an LLM at ``base_url`` or ``client``.
+
+    ``forked``: graph processes forked ahead (graph.procpool.prefork) for a run with
+    several; any it lacks are started here.
+    """
     if settings.store:  # Postgres: several workers on one run (graph/pgstore.py)
         from graph.pgstore import run_batch_pg
 
@@ -383,7 +388,9 @@ async def run_batch(
 
             if client is not None or base_url is None:
                 raise ValueError("a run with several processes needs a base_url, not a client")
-            return await run_in_processes(settings, references, folder, manifest, base_url)
+            return await run_in_processes(
+                settings, references, folder, manifest, base_url, forked or []
+            )
         if client is None:
             assert base_url is not None
             client = _client_from_settings(settings, base_url, settings.model)
@@ -513,6 +520,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot use the run folder {settings.out}: {exc}", file=sys.stderr)
         return 1
+    from graph.procpool import discard, planned_processes, prefork
+
+    # Graph processes are forked first, with no thread or event loop yet in this process.
+    processes = planned_processes(settings)
+    forked = prefork(processes) if processes > 1 and not settings.store else []
+    try:
+        return _main(settings, forked)
+    finally:
+        discard(forked)
+
+
+def _main(settings: RefedSettings, forked: list[Any]) -> int:
+    assert settings.seeds is not None  # main checked it
     try:
         references = read_seeds(
             settings.seeds, on_bad_record=settings.on_bad_record, limit=settings.limit
@@ -557,7 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with llm_endpoint(settings, settings.out) as (base_url, model):
             settings = settings.model_copy(update={"model": model})
-            main_task = loop.create_task(run_batch(settings, references, base_url=base_url))
+            main_task = loop.create_task(
+                run_batch(settings, references, base_url=base_url, forked=forked)
+            )
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal, sig)
             loop.add_signal_handler(signal.SIGUSR1, dump_tasks)

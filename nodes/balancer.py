@@ -44,6 +44,50 @@ from state.settings import endpoint_urls
 log = structlog.get_logger("refed.balancer")
 
 
+class LoopLag:
+    """How late this process's event loop runs a timer: the client's own delay.
+
+    When every core is busy, or the client's own work fills its loop, an answer waits
+    in the client before it is seen, and the measured latency grows with nothing
+    queued at the server. Above :data:`BUSY_LAG` the latency signal is not trusted (see
+    :class:`AIMDLimit`). A timer every :data:`PERIOD` seconds; nothing else.
+    """
+
+    PERIOD = 0.05
+    BUSY_LAG = 0.01
+
+    def __init__(self) -> None:
+        self.lag = 0.0
+        """Smoothed lateness of the timer (seconds)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.lag > self.BUSY_LAG
+
+    def ensure_running(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._handle is not None:
+            return
+        self._loop = loop
+        self._due = loop.time() + self.PERIOD
+        self._handle = loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        self.lag = 0.7 * self.lag + 0.3 * max(0.0, now - self._due)
+        self._due = now + self.PERIOD
+        self._handle = self._loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class AIMDLimit:
     """An adaptive limit on requests in flight to one endpoint.
 
@@ -91,9 +135,18 @@ class AIMDLimit:
             return True
         return self.latency <= self.tolerance * self.baseline
 
-    def on_success(self, seconds: float, saturated: bool, sent_at: float | None = None) -> None:
+    def on_success(
+        self,
+        seconds: float,
+        saturated: bool,
+        sent_at: float | None = None,
+        *,
+        client_busy: bool = False,
+    ) -> None:
         """An answer after ``seconds``; ``saturated``: the endpoint was full when it was sent
-        (``sent_at``: when, monotonic; not used by this policy, kept for callers)."""
+        (``sent_at``: when, monotonic; not used by this policy, kept for callers);
+        ``client_busy``: this process's event loop runs late (:class:`LoopLag`), so the
+        latency says more about the client than the server and does not hold the limit."""
         if self.latency is None:
             self.latency = seconds
         else:
@@ -102,7 +155,7 @@ class AIMDLimit:
             self.baseline = self.latency
         if not self.adaptive:
             return
-        if not self.latency_holds():  # hold; if it lasts, the requests are slower now
+        if not client_busy and not self.latency_holds():  # hold; if it lasts: slower requests
             self.held += 1
             if self.held >= max(20, 2 * self.slots):
                 self.baseline, self.held, self.slow_start = self.latency, 0, False
@@ -238,6 +291,8 @@ class Balancer:
         self._api_key = api_key
         self._waiters = _Waiters()
         self._ejected = 0
+        self.loop_lag = LoopLag()
+        """This process's own delay: a busy client's latency does not hold the limits."""
         """How many endpoints are ejected (probes are looked at only then)."""
         self._probes: set[asyncio.Task[None]] = set()
         self.failovers = 0
@@ -317,6 +372,8 @@ class Balancer:
     # --- the Transport protocol ---------------------------------------------------------
 
     async def complete(self, messages: Messages, params: dict[str, Any]) -> Completion:
+        if self.endpoints[0].limit.adaptive:
+            self.loop_lag.ensure_running()
         tried: set[int] = set()
         last: TransportError | None = None
         while True:
@@ -356,6 +413,7 @@ class Balancer:
         """Stop probing, close the sessions of the running loop, log the endpoints' counters."""
         for task in list(self._probes):
             task.cancel()
+        self.loop_lag.stop()
         if any(e.calls for e in self.endpoints):
             log.info("endpoint_stats", endpoints=self.stats(), failovers=self.failovers)
         for ep in self.endpoints:
@@ -365,7 +423,9 @@ class Balancer:
 
     def _succeeded(self, ep: Endpoint, started: float, saturated: bool) -> None:
         ep.consecutive_failures = 0
-        ep.limit.on_success(time.monotonic() - started, saturated, started)
+        ep.limit.on_success(
+            time.monotonic() - started, saturated, started, client_busy=self.loop_lag.busy
+        )
         if ep.ejected:
             self._restore(ep, "answered")
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from bench.common import write_seeds
 from bench.fake_server import FakeServer as FakeApp
 from graph.ledger import Ledger
-from nodes.balancer import AIMDLimit, Balancer, endpoint_client
+from nodes.balancer import AIMDLimit, Balancer, LoopLag, endpoint_client
 from nodes.llm import TransportError
 from state.records import ReferenceDone, Sample
 from state.settings import RefedSettings
@@ -353,3 +353,37 @@ def test_run_survives_losing_an_endpoint(tmp_path: Path) -> None:
     assert len(list(Ledger(out / "references.jsonl").read(ReferenceDone))) == 12
     assert f"endpoint {doomed.base_url}" in stderr and "ejected" in stderr
     assert f"endpoint {other.base_url}" in stderr
+
+
+def test_a_busy_client_does_not_hold_the_limit_on_its_own_latency() -> None:
+    # Latency triples while the endpoint is full: held when the client is idle (the
+    # server may be queueing), grown on when the client's own loop runs late.
+    def run(client_busy: bool) -> float:
+        limit = AIMDLimit(128, initial=4)
+        for _ in range(40):
+            limit.on_success(0.2, saturated=True)
+        at = limit.limit
+        for _ in range(10):
+            limit.on_success(0.9, saturated=True, client_busy=client_busy)
+        return limit.limit - at
+
+    idle, busy = run(client_busy=False), run(client_busy=True)
+    assert idle < 5  # grew until the smoothed latency passed twice the baseline, then held
+    assert busy == 10  # slow start went on: one slot per answer
+
+
+def test_loop_lag_sees_a_blocked_loop() -> None:
+    async def go() -> tuple[bool, bool]:
+        lag = LoopLag()
+        lag.ensure_running()
+        await asyncio.sleep(0.3)
+        idle = lag.busy
+        for _ in range(6):
+            time.sleep(0.06)  # the loop's own work keeps its timers late
+            await asyncio.sleep(0)
+        busy = lag.busy
+        lag.stop()
+        return idle, busy
+
+    idle, busy = asyncio.run(go())
+    assert not idle and busy
