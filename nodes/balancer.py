@@ -155,7 +155,15 @@ class AIMDLimit:
             self.baseline = self.latency
         if not self.adaptive:
             return
-        if not client_busy and not self.latency_holds():  # hold; if it lasts: slower requests
+        # In slow start each answer's own latency is judged, against a lower bar (the
+        # smoothed one lags behind a limit that doubles every round, and an answer shows
+        # the limit of one round ago); after it, the smoothed latency.
+        slow = (
+            self.baseline is not None and seconds > (1 + (self.tolerance - 1) / 2) * self.baseline
+            if self.slow_start
+            else not self.latency_holds()
+        )
+        if slow and not client_busy:  # hold; if it lasts: the requests are slower now
             self.held += 1
             if self.held >= max(20, 2 * self.slots):
                 self.baseline, self.held, self.slow_start = self.latency, 0, False
@@ -264,7 +272,7 @@ class Balancer:
         timeout: float = 120.0,
         concurrency: int = 16,
         adaptive: bool = True,
-        initial: int = 4,
+        initial: int = 16,
         tolerance: float = 2.0,
         eject_after: int = 3,
         eject_base: float = 1.0,
@@ -333,7 +341,9 @@ class Balancer:
         best = [e for e in free if e.in_flight == low]
         return best[0] if len(best) == 1 else random.choice(best)
 
-    async def _acquire(self, tried: set[int]) -> Endpoint:
+    async def _acquire(self, tried: set[int]) -> tuple[Endpoint, bool]:
+        """An endpoint with a free slot (taken), and whether the call had to wait for it."""
+        waited = False
         while True:
             if self._ejected:
                 self._start_probes()
@@ -343,7 +353,8 @@ class Balancer:
                 ep.calls += 1
                 if ep.in_flight > ep.peak_in_flight:
                     ep.peak_in_flight = ep.in_flight
-                return ep
+                return ep, waited
+            waited = True
             # Wait for a slot, or half a second at most: slots can free up on another loop,
             # probes can finish. A future and a timeout, not a task, per wait.
             loop = asyncio.get_running_loop()
@@ -378,12 +389,13 @@ class Balancer:
         last: TransportError | None = None
         while True:
             try:
-                ep = await self._acquire(tried)
+                ep, waited = await self._acquire(tried)
             except LookupError:
                 assert last is not None  # only raised once every endpoint failed this call
                 raise last from None
             slots_before = ep.limit.slots
-            saturated = ep.in_flight >= slots_before
+            # The limit was in the way: this request filled the endpoint or waited for it.
+            saturated = waited or ep.in_flight >= slots_before
             started = time.monotonic()
             try:
                 done = await ep.transport.complete(messages, params)
