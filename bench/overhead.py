@@ -89,7 +89,11 @@ VARIANTS = {
     "refed-before": "ChatOpenAI transport, AsyncSqliteSaver, with today's runner",
     "refed-original": "another checkout as it is (--original-repo), e.g. before issue 6",
     "refed-fixed": "the default with --fixed-concurrency (no adaptive limit per endpoint)",
-    "refed-p2": "the default with --processes 2 (two graph processes, ledgers in the parent)",
+    "refed-p1": "--processes 1: the graph in the run's own process (the default below 128 "
+    "in flight)",
+    "refed-p1-fixed": "--processes 1 --fixed-concurrency",
+    "refed-p2": "--processes 2: two graph processes, the ledgers in the run's process (the "
+    "default from 128 in flight on 2 cores)",
     "refed-p2-fixed": "--processes 2 --fixed-concurrency",
     "refed-pg1": "one graph.run worker on a Postgres run (--store), the whole in-flight budget",
     "refed-pg2": "two graph.run workers on one Postgres run, the in-flight budget split",
@@ -161,6 +165,7 @@ def _measure_cli(args: argparse.Namespace, run_main: Any) -> dict[str, Any]:
         + (after["children_maxrss_mb"] * graph_processes if graph_processes > 1 else 0),
         "db_bytes": db,
         "accepted": manifest["stats"]["accepted"],
+        "processes": graph_processes,
         "calls_recorded": manifest["stats"]["usage"]["calls"],
     }
 
@@ -408,7 +413,7 @@ def measure(
             flags = [
                 *(extra or []),
                 *(["--fixed-concurrency"] if kind.endswith("-fixed") else []),
-                *(["--processes", "2"] if kind.startswith("refed-p2") else []),
+                *(["--processes", kind[7]] if kind.startswith(("refed-p1", "refed-p2")) else []),
             ]
             if flags:
                 args += ["--extra", json.dumps(flags)]
@@ -428,8 +433,11 @@ def measure(
     ideal_thr = calls * latency / concurrency
     ideal_chain = DEPTH * latency
     ideal = max(ideal_thr, ideal_chain)
+    label = kind if kind.startswith("refed") else f"{kind} floor"
+    if kind == "refed" and res.get("processes", 1) > 1:
+        label = f"refed (default: {res['processes']} processes)"
     row = {
-        "client": kind if kind.startswith("refed") else f"{kind} floor",
+        "client": label,
         "latency_ms": round(latency * 1000),
         "concurrency": concurrency,
         "refs": refs,

@@ -42,7 +42,7 @@ import structlog
 
 from graph.ledger import LedgerError
 from graph.run import Runner, RunResult, default_workers, drive
-from graph.runfolder import Manifest, RunFolder
+from graph.runfolder import Manifest, RunFolder, default_processes
 from nodes.circuit import CircuitOpen
 from nodes.llm import Meter
 from state.context import RefedContext
@@ -156,12 +156,13 @@ def discard(children: list[Forked]) -> None:
 
 
 def planned_processes(settings: RefedSettings) -> int:
-    """The graph processes this run will have: the flag, else the run folder's, else 1."""
+    """The graph processes this run will have: the flag, else the run folder's, else the
+    default for its in-flight budget (graph.runfolder.default_processes)."""
     if settings.processes:
         return settings.processes
     path = settings.out / "run.json"
     if settings.force_new or not path.exists():
-        return 1
+        return default_processes(settings)
     try:
         return int(json.loads(path.read_text()).get("processes", 1))
     except (OSError, ValueError, TypeError):

@@ -64,6 +64,21 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+PER_PROCESS_IN_FLIGHT = 128
+"""Requests in flight one graph process keeps up with before its own CPU is the limit
+(about 2 ms of CPU per call: 640 calls/s at 200 ms; BENCHMARKS.md, section 1)."""
+
+
+def default_processes(settings: RefedSettings) -> int:
+    """Graph processes for a new run without ``--processes``: one per
+    :data:`PER_PROCESS_IN_FLIGHT` requests in flight, at most one per usable core."""
+    if settings.store:
+        return 1  # Postgres runs scale by workers (graph/pgstore.py)
+    budget = settings.concurrency * max(1, len(settings.base_urls))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, budget // PER_PROCESS_IN_FLIGHT))
+
+
 def new_manifest(
     settings: RefedSettings, prompt_versions: dict[str, str], *, model: str, base_url: str | None
 ) -> Manifest:
@@ -78,7 +93,7 @@ def new_manifest(
         fingerprint=settings.fingerprint(),
         prompt_versions=prompt_versions,
         settings=settings.public_dump(),
-        processes=settings.processes or 1,
+        processes=settings.processes or default_processes(settings),
     )
 
 

@@ -196,7 +196,9 @@ class RefedSettings(BaseSettings):
         description="Worker processes that run the graph (each with its own checkpoint file, "
         "the in-flight budget split between them); this process keeps the ledgers. More "
         "than 1 uses more cores where one process's CPU is the limit (many requests in "
-        "flight, fast servers). Fixed when a run starts; unset: the run's own, or 1.",
+        "flight, fast servers). Fixed when a run starts; unset: the run's own, or for a "
+        "new run one per 128 requests in flight (concurrency x endpoints), at most one "
+        "per core.",
     )
     on_bad_record: Literal["fail", "skip"] = Field(default="fail")
     force_new: bool = Field(default=False, description="Start over in an existing run folder.")

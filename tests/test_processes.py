@@ -127,3 +127,16 @@ def test_a_different_process_count_is_refused_on_resume(tmp_path: Path) -> None:
         code, text = run_cli(*args, "--processes", "3")
     assert code == 2
     assert "--processes 2" in text and str(out) in text
+
+
+def test_default_processes_follow_the_in_flight_budget() -> None:
+    from graph.runfolder import default_processes
+    from state.settings import RefedSettings
+
+    cores = len(os.sched_getaffinity(0))
+    one = RefedSettings(concurrency=64, base_url="http://127.0.0.1:1/v1")
+    assert default_processes(one) == 1
+    many = RefedSettings(concurrency=256, base_url="http://127.0.0.1:1/v1")
+    assert default_processes(many) == min(cores, 2)
+    pg = RefedSettings(concurrency=256, store="postgresql://u:p@127.0.0.1:1/db")
+    assert default_processes(pg) == 1
