@@ -89,11 +89,11 @@ VARIANTS = {
     "refed-before": "ChatOpenAI transport, AsyncSqliteSaver, with today's runner",
     "refed-original": "another checkout as it is (--original-repo), e.g. before issue 6",
     "refed-fixed": "the default with --fixed-concurrency (no adaptive limit per endpoint)",
-    "refed-p1": "--processes 1: the graph in the run's own process (the default below 128 "
+    "refed-p1": "--processes 1: the graph in the run's own process (the default below 64 "
     "in flight)",
     "refed-p1-fixed": "--processes 1 --fixed-concurrency",
     "refed-p2": "--processes 2: two graph processes, the ledgers in the run's process (the "
-    "default from 128 in flight on 2 cores)",
+    "default from 64 in flight on 2 cores)",
     "refed-p2-fixed": "--processes 2 --fixed-concurrency",
     "refed-pg1": "one graph.run worker on a Postgres run (--store), the whole in-flight budget",
     "refed-pg2": "two graph.run workers on one Postgres run, the in-flight budget split",

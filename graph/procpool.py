@@ -33,6 +33,7 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -120,6 +121,8 @@ def prefork(n: int) -> list[Forked]:
     so children never used (an error before the run) simply go away.
     """
     children: list[Forked] = []
+    if threading.active_count() > 1:  # forking a threaded process is unsafe: start them later
+        return children
     for _ in range(n):
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
@@ -467,6 +470,7 @@ async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
     add_secret(api_key)
     configure_logging(settings.out / "log.jsonl", level=settings.log_level)
     base_url, run_id, shard = config["base_url"], config["run_id"], config["shard"]
+    structlog.contextvars.bind_contextvars(graph_process=shard)  # on every log line
     client = _client_from_settings(settings, base_url, settings.model)
     key, judge_key, judge_client, context = wire_clients(settings, base_url, client, run_id)
     loop = asyncio.get_running_loop()

@@ -64,9 +64,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-PER_PROCESS_IN_FLIGHT = 128
-"""Requests in flight one graph process keeps up with before its own CPU is the limit
-(about 2 ms of CPU per call: 640 calls/s at 200 ms; BENCHMARKS.md, section 1)."""
+PER_PROCESS_IN_FLIGHT = 32
+"""Requests in flight per graph process by default. At about 2.5 ms of CPU per call one
+process is most of a core busy from 64 in flight at 200 ms, and two processes measured
+1.10x of ideal there against 1.14x for one (BENCHMARKS.md, "Graph processes")."""
 
 
 def default_processes(settings: RefedSettings) -> int:

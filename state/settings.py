@@ -197,7 +197,7 @@ class RefedSettings(BaseSettings):
         "the in-flight budget split between them); this process keeps the ledgers. More "
         "than 1 uses more cores where one process's CPU is the limit (many requests in "
         "flight, fast servers). Fixed when a run starts; unset: the run's own, or for a "
-        "new run one per 128 requests in flight (concurrency x endpoints), at most one "
+        "new run one per 32 requests in flight (concurrency x endpoints), at most one "
         "per core.",
     )
     on_bad_record: Literal["fail", "skip"] = Field(default="fail")

@@ -134,9 +134,11 @@ def test_default_processes_follow_the_in_flight_budget() -> None:
     from state.settings import RefedSettings
 
     cores = len(os.sched_getaffinity(0))
-    one = RefedSettings(concurrency=64, base_url="http://127.0.0.1:1/v1")
+    one = RefedSettings(concurrency=32, base_url="http://127.0.0.1:1/v1")
     assert default_processes(one) == 1
+    two = RefedSettings(concurrency=32, base_url="http://127.0.0.1:1/v1,http://127.0.0.1:2/v1")
+    assert default_processes(two) == min(cores, 2)
     many = RefedSettings(concurrency=256, base_url="http://127.0.0.1:1/v1")
-    assert default_processes(many) == min(cores, 2)
+    assert default_processes(many) == min(cores, 8)
     pg = RefedSettings(concurrency=256, store="postgresql://u:p@127.0.0.1:1/db")
     assert default_processes(pg) == 1
