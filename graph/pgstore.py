@@ -69,11 +69,18 @@ from graph.logs import add_secret, redact
 from graph.progress import Progress
 from graph.quality import QualityGate
 from graph.quality.gate import QUALITY_FILE
-from graph.run import Runner, RunResult, _client_from_settings, default_workers, wire_clients
+from graph.run import (
+    Runner,
+    RunResult,
+    _client_from_settings,
+    default_workers,
+    release_clients,
+    wire_clients,
+)
 from graph.runfolder import Manifest, RunConfigMismatch, RunFolder, new_manifest
 from nodes.balancer import endpoint_stats
 from nodes.circuit import CircuitOpen
-from nodes.llm import LLMClient, unregister_client
+from nodes.llm import LLMClient
 from state.records import Reference, ReferenceDone, ReferenceFeedback, RunStats, Sample, Usage
 from state.settings import RefedSettings, redact_dsn
 
@@ -792,13 +799,7 @@ async def run_batch_pg(
                     if stopped_by is None and not interrupted:
                         raise LedgerError(f"cannot export the run: {redact(str(exc))}") from exc
     finally:
-        if key is not None:
-            unregister_client(key)
-        if judge_key is not None:
-            unregister_client(judge_key)
-        for used in (client, judge_client):
-            if used is not None:
-                await used.aclose()
+        await release_clients(key, judge_key, client, judge_client)
     return RunResult(
         settings.out, manifest, manifest.stats, runner.failed, interrupted, endpoint_stats(client)
     )

@@ -462,8 +462,13 @@ async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
     from graph.builder import compile_graph
     from graph.checkpoint import sqlite_saver
     from graph.logs import add_secret, configure_logging
-    from graph.run import _client_from_settings, _storage_error, run_thread, wire_clients
-    from nodes.llm import unregister_client
+    from graph.run import (
+        _client_from_settings,
+        _storage_error,
+        release_clients,
+        run_thread,
+        wire_clients,
+    )
 
     api_key = config["api_key"]
     settings = RefedSettings.model_validate({**config["settings"], "api_key": api_key})
@@ -525,12 +530,7 @@ async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        unregister_client(key)
-        if judge_key is not None:
-            unregister_client(judge_key)
-        for used in (client, judge_client):
-            if used is not None:
-                await used.aclose()
+        await release_clients(key, judge_key, client, judge_client)
         transport.close()
 
 

@@ -359,6 +359,22 @@ def wire_clients(
     return key, judge_key, judge_client, context
 
 
+async def release_clients(
+    key: str | None,
+    judge_key: str | None,
+    client: LLMClient | None,
+    judge_client: LLMClient | None,
+) -> None:
+    """Undo :func:`wire_clients`: unregister both keys and close both clients."""
+    if key is not None:
+        unregister_client(key)
+    if judge_key is not None:
+        unregister_client(judge_key)
+    for used in (client, judge_client):
+        if used is not None:
+            await used.aclose()
+
+
 async def run_batch(
     settings: RefedSettings,
     references: list[Reference],
@@ -418,12 +434,7 @@ async def _run_here(
             )
             interrupted = await drive(runner, references)
     finally:
-        unregister_client(key)
-        if judge_key is not None:
-            unregister_client(judge_key)
-        for used in (client, judge_client):
-            if used is not None:
-                await used.aclose()
+        await release_clients(key, judge_key, client, judge_client)
     return RunResult(
         settings.out, manifest, manifest.stats, runner.failed, interrupted, endpoint_stats(client)
     )

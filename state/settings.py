@@ -300,6 +300,15 @@ class RefedSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_processes(self) -> RefedSettings:
+        if self.store and self.processes and self.processes > 1:
+            raise ValueError(
+                "processes: with store (Postgres) start several graph.run workers instead; "
+                "--processes shares one SQLite run folder between processes"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_base_urls(self) -> RefedSettings:
         for url in endpoint_urls(self.base_url):
             check_endpoint(url, "base_url")

@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from bench.common import FakeServer, write_seeds
 
@@ -56,6 +59,18 @@ def _check_complete(out: Path, refs: int) -> None:
     assert sorted(done) == sorted(set(done)) and len(done) == refs
 
 
+def _start_two(
+    tmp_path: Path, server: FakeServer, refs: int
+) -> tuple[list[str], subprocess.Popen[str]]:
+    """A run of ``refs`` references with two graph processes, once it has written samples."""
+    seeds = write_seeds(tmp_path / "seeds.jsonl", refs)
+    out = tmp_path / "run"
+    args = run_args(server, seeds, out, "--per-reference", str(PER_REF), "--concurrency", "8")
+    proc = cli(*args, "--processes", "2")
+    wait_for(out / "samples.jsonl", 10, proc)
+    return args, proc
+
+
 def test_two_processes_run_the_whole_batch(tmp_path: Path) -> None:
     seeds = write_seeds(tmp_path / "seeds.jsonl", 30)
     out = tmp_path / "run"
@@ -77,12 +92,9 @@ def test_sigkill_of_the_run_takes_its_graph_processes_and_resume_finishes(
     tmp_path: Path,
 ) -> None:
     refs = 60
-    seeds = write_seeds(tmp_path / "seeds.jsonl", refs)
     out = tmp_path / "run"
     with FakeServer(0.05) as server:
-        args = run_args(server, seeds, out, "--per-reference", str(PER_REF), "--concurrency", "8")
-        proc = cli(*args, "--processes", "2")
-        wait_for(out / "samples.jsonl", 10, proc)
+        args, proc = _start_two(tmp_path, server, refs)
         children = _children(proc.pid)
         assert len(children) == 2, children
         proc.send_signal(signal.SIGKILL)
@@ -101,12 +113,9 @@ def test_sigkill_of_the_run_takes_its_graph_processes_and_resume_finishes(
 
 def test_a_killed_graph_process_stops_the_run_with_advice(tmp_path: Path) -> None:
     refs = 60
-    seeds = write_seeds(tmp_path / "seeds.jsonl", refs)
     out = tmp_path / "run"
     with FakeServer(0.05) as server:
-        args = run_args(server, seeds, out, "--per-reference", str(PER_REF), "--concurrency", "8")
-        proc = cli(*args, "--processes", "2")
-        wait_for(out / "samples.jsonl", 10, proc)
+        args, proc = _start_two(tmp_path, server, refs)
         os.kill(_children(proc.pid)[0], signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 1, err[-3000:]
@@ -142,3 +151,5 @@ def test_default_processes_follow_the_in_flight_budget() -> None:
     assert default_processes(many) == min(cores, 8)
     pg = RefedSettings(concurrency=256, store="postgresql://u:p@127.0.0.1:1/db")
     assert default_processes(pg) == 1
+    with pytest.raises(ValueError, match="processes"):
+        RefedSettings(processes=2, store="postgresql://u:p@127.0.0.1:1/db")
