@@ -13,7 +13,7 @@ The wire is JSON lines over the children's stdin and stdout:
                      {"ref": Reference}                                           per reference
     child → parent   {"kind": "ready"}
                      {"kind": "update", "ref": ID, "node": NAME, "update": …}    a finished step
-                     {"kind": "final", "ref": ID, "values": …}                   the thread's end
+                     {"kind": "final", "ref": ID, "values": …, "endpoints": …}   the thread's end
                      {"kind": "crashed", "ref": ID, "error": …}                  a bug, this ref
                      {"kind": "fatal", "what": "circuit"|"storage", "error": …}  the run stops
                      every message also carries "meter": the child's live counters.
@@ -239,7 +239,9 @@ class GraphProcess:
         self.shard = shard
         self.pipes = pipes
         self.meter: dict[str, Any] = {}
-        """The child's latest counters (requests, tokens, in flight, endpoints)."""
+        """The child's latest counters (requests, tokens, in flight)."""
+        self.endpoints: list[dict[str, Any]] = []
+        """The child's per-endpoint counters, as of the last reference it finished."""
         self._pending: dict[str, tuple[OnUpdate, asyncio.Future[dict[str, Any]]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._dead: BaseException | None = None
@@ -289,6 +291,7 @@ class GraphProcess:
 
     def _handle(self, msg: dict[str, Any]) -> None:
         self.meter = msg.get("meter", self.meter)
+        self.endpoints = msg.get("endpoints", self.endpoints)
         kind = msg["kind"]
         if kind == "fatal":
             error, what = msg["error"], msg["what"]
@@ -346,7 +349,7 @@ def merged_endpoints(processes: list[GraphProcess]) -> list[dict[str, Any]]:
     """The children's per-endpoint counters added up per endpoint."""
     out: dict[str, dict[str, Any]] = {}
     for p in processes:
-        for e in p.meter.get("endpoints", []):
+        for e in p.endpoints:
             have = out.get(e["base_url"])
             if have is None:
                 out[e["base_url"]] = dict(e)
@@ -445,8 +448,6 @@ def _line(msg: dict[str, Any]) -> bytes:
 
 
 def _meter(client: Any, judge: Any) -> dict[str, Any]:
-    from nodes.balancer import endpoint_stats
-
     m = client.meter
     return {
         "requests": m.requests + (judge.meter.requests if judge is not None else 0),
@@ -454,7 +455,6 @@ def _meter(client: Any, judge: Any) -> dict[str, Any]:
         "prompt_tokens": m.prompt_tokens,
         "completion_tokens": m.completion_tokens,
         "in_flight": m.in_flight,
-        "endpoints": endpoint_stats(client),
     }
 
 
@@ -469,6 +469,7 @@ async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
         run_thread,
         wire_clients,
     )
+    from nodes.balancer import endpoint_stats
 
     api_key = config["api_key"]
     settings = RefedSettings.model_validate({**config["settings"], "api_key": api_key})
@@ -516,8 +517,15 @@ async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
                     else:
                         log.error("reference_crashed", reference_id=ref.id, exc_info=True)
                         send({"kind": "crashed", "ref": ref.id, "error": repr(exc)})
-                else:
-                    send({"kind": "final", "ref": ref.id, "values": values})
+                else:  # the per-endpoint counters only here: the summary needs the last
+                    send(
+                        {
+                            "kind": "final",
+                            "ref": ref.id,
+                            "values": values,
+                            "endpoints": endpoint_stats(client),
+                        }
+                    )
 
             send({"kind": "ready"})
             tasks: set[asyncio.Task[None]] = set()
