@@ -75,6 +75,7 @@ from graph.run import (
     _client_from_settings,
     default_workers,
     release_clients,
+    run_status,
     wire_clients,
 )
 from graph.runfolder import Manifest, RunConfigMismatch, RunFolder, new_manifest
@@ -816,15 +817,7 @@ async def _finish(
     await folder.export()
     manifest.stats = folder.stats(runner.requests())
     left = await folder.remaining()
-    manifest.status = (
-        "interrupted"
-        if interrupted
-        else ("finished" if left == 0 or runner._target_reached() else "incomplete")
-    )
-    if isinstance(stopped_by, CircuitOpen):
-        manifest.status = "server_unavailable"
-    elif stopped_by is not None:
-        manifest.status = "storage_error"
+    manifest.status = run_status(interrupted, left == 0 or runner._target_reached(), stopped_by)
     folder.write_manifest(manifest)
 
 

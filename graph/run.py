@@ -440,6 +440,17 @@ async def _run_here(
     )
 
 
+def run_status(interrupted: bool, done: bool, stopped_by: BaseException | None) -> str:
+    """run.json's status for a run that ended so (``done``: all of it, or its target)."""
+    if isinstance(stopped_by, CircuitOpen):
+        return "server_unavailable"
+    if stopped_by is not None:
+        return getattr(stopped_by, "status", "storage_error")
+    if interrupted:
+        return "interrupted"
+    return "finished" if done else "incomplete"
+
+
 async def drive(runner: Runner, references: list[Reference]) -> bool:
     """``runner.run`` with run.json kept true to how it ended; True when interrupted."""
     folder, manifest = runner.folder, runner.manifest
@@ -456,15 +467,7 @@ async def drive(runner: Runner, references: list[Reference]) -> bool:
     finally:
         manifest.stats = folder.stats(runner.requests())
         done = len(folder.done) >= len(references) and not runner.failed
-        manifest.status = (
-            "interrupted"
-            if interrupted
-            else ("finished" if done or runner._target_reached() else "incomplete")
-        )
-        if isinstance(stopped_by, CircuitOpen):
-            manifest.status = "server_unavailable"
-        elif stopped_by is not None:
-            manifest.status = getattr(stopped_by, "status", "storage_error")
+        manifest.status = run_status(interrupted, done or runner._target_reached(), stopped_by)
         try:
             folder.write_manifest(manifest)
         except OSError as exc:  # a full disk: keep the error that stopped the run
