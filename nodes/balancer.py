@@ -139,14 +139,13 @@ class AIMDLimit:
         self,
         seconds: float,
         saturated: bool,
-        sent_at: float | None = None,
         *,
         client_busy: bool = False,
     ) -> None:
-        """An answer after ``seconds``; ``saturated``: the endpoint was full when it was sent
-        (``sent_at``: when, monotonic; not used by this policy, kept for callers);
-        ``client_busy``: this process's event loop runs late (:class:`LoopLag`), so the
-        latency says more about the client than the server and does not hold the limit."""
+        """An answer after ``seconds``; ``saturated``: the limit was in the way of its
+        request (it filled the endpoint or waited for a slot); ``client_busy``: this
+        process's event loop runs late (:class:`LoopLag`), so the latency says more about
+        the client than the server and does not hold the limit."""
         if self.latency is None:
             self.latency = seconds
         else:
@@ -299,9 +298,9 @@ class Balancer:
         self._api_key = api_key
         self._waiters = _Waiters()
         self._ejected = 0
+        """How many endpoints are ejected (probes are looked at only then)."""
         self.loop_lag = LoopLag()
         """This process's own delay: a busy client's latency does not hold the limits."""
-        """How many endpoints are ejected (probes are looked at only then)."""
         self._probes: set[asyncio.Task[None]] = set()
         self.failovers = 0
         """Calls sent again to another endpoint after one failed them."""
@@ -435,9 +434,7 @@ class Balancer:
 
     def _succeeded(self, ep: Endpoint, started: float, saturated: bool) -> None:
         ep.consecutive_failures = 0
-        ep.limit.on_success(
-            time.monotonic() - started, saturated, started, client_busy=self.loop_lag.busy
-        )
+        ep.limit.on_success(time.monotonic() - started, saturated, client_busy=self.loop_lag.busy)
         if ep.ejected:
             self._restore(ep, "answered")
 

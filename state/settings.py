@@ -104,7 +104,7 @@ class RefedSettings(BaseSettings):
         default=16,
         ge=1,
         description="Cap on LLM requests in flight per endpoint; the limit adapts below it "
-        "(starts at 4, grows while latency holds, holds when latency doubles, halves on "
+        "(starts at 16, grows while latency holds, holds when latency doubles, halves on "
         "429/5xx/timeouts).",
     )
     fixed_concurrency: bool = Field(
