@@ -98,6 +98,8 @@ VARIANTS = {
     "refed-pg1": "one graph.run worker on a Postgres run (--store), the whole in-flight budget",
     "refed-pg2": "two graph.run workers on one Postgres run, the in-flight budget split",
 }
+GRAPH_PROCESSES = {"refed-p1": 1, "refed-p1-fixed": 1, "refed-p2": 2, "refed-p2-fixed": 2}
+"""Variants run with ``--processes`` set (graph/procpool.py)."""
 PG_WORKERS = {"refed-pg1": 1, "refed-pg2": 2}
 """Variants run as several worker processes on one run kept in Postgres (graph/pgstore.py)."""
 
@@ -413,7 +415,7 @@ def measure(
             flags = [
                 *(extra or []),
                 *(["--fixed-concurrency"] if kind.endswith("-fixed") else []),
-                *(["--processes", kind[7]] if kind.startswith(("refed-p1", "refed-p2")) else []),
+                *(["--processes", str(GRAPH_PROCESSES[kind])] if kind in GRAPH_PROCESSES else []),
             ]
             if flags:
                 args += ["--extra", json.dumps(flags)]
