@@ -76,6 +76,7 @@ from graph.run import (
     default_workers,
     release_clients,
     run_status,
+    stopped_line,
     wire_clients,
 )
 from graph.runfolder import Manifest, RunConfigMismatch, RunFolder, new_manifest
@@ -171,11 +172,7 @@ def arm_exit(error: LedgerError) -> None:
 
 
 def _exit_now(error: LedgerError) -> None:
-    print(
-        f"error: {error}. The worker stopped; what was written before is intact: {error.advice}.",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(stopped_line(error, "The worker stopped"), file=sys.stderr, flush=True)
     os._exit(1)
 
 

@@ -479,6 +479,14 @@ async def drive(runner: Runner, references: list[Reference]) -> bool:
     return interrupted
 
 
+def stopped_line(exc: LedgerError, who: str) -> str:
+    """The one line a run stopped by ``exc`` ends with (a database error's lines joined)."""
+    return (
+        f"error: {' '.join(redact(str(exc)).split())}. {who}; what was written before is "
+        f"intact: {exc.advice}."
+    )
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's loop where it is installed (less CPU per LLM call), else asyncio's."""
     try:
@@ -616,11 +624,7 @@ def _main(settings: RefedSettings, forked: list[Any]) -> int:
         )
         return EXIT_SERVER_UNAVAILABLE
     except LedgerError as exc:
-        print(
-            f"error: {' '.join(redact(str(exc)).split())}. The run stopped; what was written "
-            f"before is intact: {exc.advice}.",
-            file=sys.stderr,
-        )
+        print(stopped_line(exc, "The run stopped"), file=sys.stderr)
         return 1
     except (PermissionError, OSError) as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
