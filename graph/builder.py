@@ -1,15 +1,23 @@
-"""Assemble Refed's LangGraph: one thread per reference, a subgraph per new instruction.
+"""Assemble Refed's LangGraph: one thread per reference, candidates carried by ``Send``.
 
-    START → reference_analysis → feedback_distillation → synthesis ─Send─► candidate
-    candidate:  respond → self_critique → metric_judge ─(under the bar, rounds left)─┐
-                              ▲                        └────────► END (closed)       │
-                              └──────────────────────────────────────────────────────┘
+    START → reference_analysis → feedback_distillation → synthesis ─Send×K─► respond
+    respond ─Send─► self_critique ─Send─► metric_judge ─(under the bar, rounds left)─┐
+                          ▲                   └──────► closed: record to the thread  │
+                          └──────────────────────────────────────────────────────────┘
+
+A candidate is a :class:`CandidateState` travelling in a ``Send`` from node to node
+of the reference's own graph: each candidate step runs its node, then sends the
+updated candidate on, or closes it (``nodes.finalize``: accepted, rejected with the
+reason, or failed) and adds the record to the thread's ``candidates``. Each step's
+result is checkpointed when its task ends, so a resume redoes no finished step.
+This costs a third of the engine's work of a subgraph per candidate (its own loop,
+channels and checkpoints: BENCHMARKS.md, "Candidates without a subgraph"); the
+price is that the candidates of one reference move in step (a step ends when its
+slowest candidate does), which other references' requests fill in.
 
 In ``sample`` and ``none`` modes the thread starts at synthesis; in ``none`` mode
 respond goes straight to the judge. Any node that fails sets ``error`` and the
-thread (or candidate) goes to its end, so one failure never cancels siblings. The
-candidate step that ends a candidate also closes it (``nodes.finalize``: accepted,
-rejected with the reason, or failed) in the same step.
+thread (or candidate) goes to its end, so one failure never cancels siblings.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from typing import Any, Protocol
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Send
+from langgraph.types import Command, Send
 
 from nodes.feedback_distillation import feedback_distillation
 from nodes.finalize import finalize
@@ -31,7 +39,7 @@ from nodes.respond import respond
 from nodes.self_critique import self_critique
 from nodes.synthesis import synthesis
 from state.context import RefedContext
-from state.graph_state import CandidateInput, CandidateOutput, CandidateState, ReferenceState
+from state.graph_state import CandidateState, ReferenceState
 from state.records import Usage
 
 
@@ -57,8 +65,8 @@ async def _fan_out(state: ReferenceState) -> list[Send] | str:
         return END
     return [
         Send(
-            "candidate",
-            CandidateInput(reference=state.reference, feedback=state.feedback, instruction=inst),
+            "respond",
+            CandidateState(reference=state.reference, feedback=state.feedback, instruction=inst),
         )
         for inst in state.instructions
     ]
@@ -90,48 +98,27 @@ class Node(Protocol):
 
 
 def _after_update(state: CandidateState, update: dict[str, Any]) -> CandidateState:
-    """The state the next step would see (usage adds up, as its reducer does)."""
-    fields = {k: v for k, v in update.items() if k != "candidates"}
+    """The candidate with a node's update applied (its usage added to the candidate's)."""
+    fields = dict(update)
     if "usage" in fields:
         fields["usage"] = state.usage + Usage.model_validate(fields["usage"])
     return state.model_copy(update=fields)
 
 
-def _closing(node: Node, route: Route) -> Node:
-    """Run ``node``; when the candidate ends after it, :func:`finalize` it in the same step.
-
-    Closing in place of a separate step saves one superstep and one checkpoint per
-    candidate (about an eighth of the graph's steps); the record is the same.
-    """
+def _candidate_step(node: Node, route: Route) -> Callable[..., Awaitable[Command[str]]]:
+    """Run ``node`` on one candidate, then send the candidate on to the next node, or
+    close it (:func:`finalize`) and hand the record to the reference thread."""
 
     @functools.wraps(node)
-    async def step(state: CandidateState, runtime: Runtime[RefedContext]) -> dict[str, Any]:
+    async def step(state: CandidateState, runtime: Runtime[RefedContext]) -> Command[str]:
         update = await node(state, runtime)
         after = _after_update(state, update)
-        if await route(after, runtime) == END:
-            update = {**update, **await finalize(after)}
-        return update
+        target = await route(after, runtime)
+        if target == END:
+            return Command(update=await finalize(after))
+        return Command(goto=Send(target, after))
 
     return step
-
-
-def build_candidate_graph() -> StateGraph[
-    CandidateState, RefedContext, CandidateInput, CandidateOutput
-]:
-    g = StateGraph(
-        CandidateState,
-        context_schema=RefedContext,
-        input_schema=CandidateInput,
-        output_schema=CandidateOutput,
-    )
-    g.add_node("respond", _closing(respond, _after_respond))
-    g.add_node("self_critique", _closing(self_critique, _after_critique))
-    g.add_node("metric_judge", _closing(metric_judge, _after_judge))
-    g.add_edge(START, "respond")
-    g.add_conditional_edges("respond", _after_respond, ["self_critique", "metric_judge", END])
-    g.add_conditional_edges("self_critique", _after_critique, ["metric_judge", END])
-    g.add_conditional_edges("metric_judge", _after_judge, ["self_critique", END])
-    return g
 
 
 def build_graph() -> StateGraph[ReferenceState, RefedContext, ReferenceState, ReferenceState]:
@@ -140,14 +127,25 @@ def build_graph() -> StateGraph[ReferenceState, RefedContext, ReferenceState, Re
     g.add_node("reference_analysis", reference_analysis)
     g.add_node("feedback_distillation", feedback_distillation)
     g.add_node("synthesis", synthesis)
-    g.add_node("candidate", build_candidate_graph().compile())
+    # A candidate node gets its CandidateState from the Send as is; naming the thread's
+    # schema as its input keeps the candidate's fields out of the thread's channels.
+    for name, node, route, ends in (
+        ("respond", respond, _after_respond, ("self_critique", "metric_judge", END)),
+        ("self_critique", self_critique, _after_critique, ("metric_judge", END)),
+        ("metric_judge", metric_judge, _after_judge, ("self_critique", END)),
+    ):
+        g.add_node(
+            name,
+            _candidate_step(node, route),
+            input_schema=ReferenceState,
+            destinations=ends,
+        )
     g.add_conditional_edges(START, _start, ["reference_analysis", "synthesis"])
     g.add_conditional_edges(
         "reference_analysis", _ok_or_end("feedback_distillation"), ["feedback_distillation", END]
     )
     g.add_conditional_edges("feedback_distillation", _ok_or_end("synthesis"), ["synthesis", END])
-    g.add_conditional_edges("synthesis", _fan_out, ["candidate", END])
-    g.add_edge("candidate", END)
+    g.add_conditional_edges("synthesis", _fan_out, ["respond", END])
     return g
 
 

@@ -57,7 +57,7 @@ LINE_LIMIT = 1 << 26
 CLOSE_GRACE = 5.0
 """Seconds a child gets to exit after its stdin closes before it is killed."""
 
-OnUpdate = Callable[[str, dict[str, Any] | None], None]
+OnUpdate = Callable[[str, dict[str, Any]], None]
 
 
 class GraphProcessDied(LedgerError):
@@ -494,7 +494,7 @@ async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
             app = compile_graph(saver)
 
             async def handle(ref: Reference) -> None:
-                def on_update(node: str, update: dict[str, Any] | None) -> None:
+                def on_update(node: str, update: dict[str, Any]) -> None:
                     send({"kind": "update", "ref": ref.id, "node": node, "update": update})
 
                 try:

@@ -89,12 +89,13 @@ async def run_thread(
     run_id: str,
     context: RefedContext,
     durability: Any,
-    on_update: Callable[[str, dict[str, Any] | None], None],
+    on_update: Callable[[str, dict[str, Any]], None],
 ) -> dict[str, Any]:
     """Run or resume ``ref``'s thread (``run_id:reference_id``) to its end.
 
-    ``on_update(node, update)`` sees each finished step of the reference graph as it
-    lands; returns the thread's final state values (a finished thread: at once).
+    ``on_update(node, update)`` sees each finished step that changed the thread's state
+    as it lands (not a candidate step that only passed the candidate on); returns the
+    thread's final state values (a finished thread: at once).
     """
     cfg: RunnableConfig = {"configurable": {"thread_id": f"{run_id}:{ref.id}"}}
     snapshot = await app.aget_state(cfg)
@@ -107,7 +108,8 @@ async def run_thread(
         start, cfg, context=context, stream_mode="updates", durability=durability
     ):
         for node, update in chunk.items():
-            on_update(node, update)
+            if update:
+                on_update(node, update)
     return dict((await app.aget_state(cfg)).values)
 
 
@@ -165,11 +167,11 @@ class Runner:
         target = self.settings.samples
         return target is not None and self.folder.accepted >= target
 
-    def on_update(self, ref: Reference, node: str, update: dict[str, Any] | None) -> None:
+    def on_update(self, ref: Reference, node: str, update: dict[str, Any]) -> None:
         """Write what a finished graph step produced: closed candidates, the feedback."""
-        if node == "candidate" and update:
-            self._write_candidates(ref, update.get("candidates", []))
-        elif node == "feedback_distillation" and update and update.get("feedback"):
+        if update.get("candidates"):
+            self._write_candidates(ref, update["candidates"])
+        elif node == "feedback_distillation" and update.get("feedback"):
             self.folder.add_feedback(ReferenceFeedback.model_validate(update["feedback"]))
 
     async def execute(self, ref: Reference) -> dict[str, Any]:

@@ -83,14 +83,12 @@ async def synthesize(
                 # gone, an LLM failure) does not lose the feedback calls it paid for
                 await cache.put(ref, ReferenceFeedback.model_validate(fresh))
                 stored = True
-            if node == "candidate" and update:
-                for c in update.get("candidates", []):
-                    sample = Sample(
-                        **Candidate.model_validate(c).model_dump(), provenance=provenance
-                    )
-                    if screen is not None:
-                        sample = screened.setdefault(sample.sample_id, screen.screen([sample])[0])
-                    yield Event("sample", sample.model_dump(mode="json"))
+            closed = update.get("candidates") if isinstance(update, dict) else None
+            for c in closed or []:
+                sample = Sample(**Candidate.model_validate(c).model_dump(), provenance=provenance)
+                if screen is not None:
+                    sample = screened.setdefault(sample.sample_id, screen.screen([sample])[0])
+                yield Event("sample", sample.model_dump(mode="json"))
     values = (await app.aget_state(cfg)).values
     candidates = [Candidate.model_validate(c) for c in values.get("candidates", [])]
     usage = Usage.model_validate(values.get("usage") or {})

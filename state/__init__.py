@@ -1,7 +1,7 @@
 """Records, graph state, runtime context and settings: the types everything else shares."""
 
 from state.context import RefedContext
-from state.graph_state import CandidateInput, CandidateOutput, CandidateState, ReferenceState
+from state.graph_state import CandidateState, ReferenceState
 from state.records import (
     Candidate,
     FeedbackMode,
@@ -22,8 +22,6 @@ from state.settings import RefedSettings
 
 __all__ = [
     "Candidate",
-    "CandidateInput",
-    "CandidateOutput",
     "CandidateState",
     "FeedbackMode",
     "InstructionAnalysis",

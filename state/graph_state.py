@@ -1,4 +1,4 @@
-"""Graph state: one thread per reference, one candidate subgraph per new instruction."""
+"""Graph state: one thread per reference; each new instruction a candidate sent between nodes."""
 
 from __future__ import annotations
 
@@ -33,17 +33,17 @@ class ReferenceState(BaseModel):
     error: str | None = None
 
 
-class CandidateInput(BaseModel):
-    """What the fan-out sends to the candidate subgraph."""
+class CandidateState(BaseModel):
+    """One new instruction on its way through respond, self-critique, judge and revise.
+
+    It travels in ``Send`` packets from node to node of its reference's thread (each
+    step's result is checkpointed with its task); a node returns a partial update of it,
+    whose ``usage`` adds to what the candidate has spent so far.
+    """
 
     reference: Reference
     feedback: ReferenceFeedback | None = None
     instruction: NewInstruction
-
-
-class CandidateState(CandidateInput):
-    """State inside the candidate subgraph: respond, self-critique, judge, revise."""
-
     first_response: str | None = None
     response: str | None = None
     sample_feedback: str | None = None
@@ -51,11 +51,4 @@ class CandidateState(CandidateInput):
     judgement: Judgement | None = None
     revisions: int = 0
     error: str | None = None
-    usage: Annotated[Usage, add_usage] = Field(default_factory=Usage)
-    candidates: Annotated[list[Candidate], operator.add] = Field(default_factory=list)
-
-
-class CandidateOutput(BaseModel):
-    """What the candidate subgraph hands back to the reference thread."""
-
-    candidates: Annotated[list[Candidate], operator.add] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)

@@ -77,14 +77,16 @@ async def test_graph_runs_in_langgraph_dev(dev_server: str, fake_server: FakeSer
     steps = [h["metadata"].get("step") for h in history]
     assert steps == sorted(steps, reverse=True)
     # Oldest first: each checkpoint names the node(s) that run next, so the history walks
-    # the graph: analysis, distillation, synthesis, then the two candidates in parallel.
+    # the graph: analysis, distillation, synthesis, then the two candidates side by side.
     walked = [h["next"] for h in reversed(history)]
     assert walked == [
         ["__start__"],
         ["reference_analysis"],
         ["feedback_distillation"],
         ["synthesis"],
-        ["candidate", "candidate"],
+        ["respond", "respond"],
+        ["self_critique", "self_critique"],
+        ["metric_judge", "metric_judge"],
         [],
     ]
     assert fake_server.stats()["requests"] > 0
