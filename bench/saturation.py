@@ -13,7 +13,8 @@
 The ratio Refed / replay says how much of the server's throughput the pipeline gets
 at that concurrency (target >= 0.9); the replay has no chain dependencies, so it is
 an upper bound Refed can only approach. The replay runs second, on a prefix cache
-Refed has warmed, which favours the replay; ``--cold-replay`` empties the cache first.
+Refed has warmed, which favours the replay; ``--cold`` empties the cache before each of
+the two (else Refed's own run can find a cache an earlier run of the same prompts left).
 
 The prefix-cache hit rate is the change of vLLM's ``prefix_cache_hits`` over
 ``prefix_cache_queries`` counters (``/metrics``) during Refed's run. Those counters are
@@ -104,13 +105,13 @@ def scrape(base_url: str) -> dict[str, float]:
 
 
 def reset_prefix_cache(base_url: str) -> None:
-    """Empty vLLM's prefix cache (a dev-mode endpoint), so the replay starts cold too."""
+    """Empty vLLM's prefix cache (a dev-mode endpoint), so a run starts cold."""
     root = base_url.rstrip("/").removesuffix("/v1")
     r = httpx.post(root + "/reset_prefix_cache", timeout=60)
     if r.status_code != 200:
         raise SystemExit(
             f"POST {root}/reset_prefix_cache answered {r.status_code}: start the server "
-            "with VLLM_SERVER_DEV_MODE=1 for --cold-replay"
+            "with VLLM_SERVER_DEV_MODE=1 for --cold"
         )
 
 
@@ -178,15 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument(
-        "--cold-replay",
+        "--cold",
         action="store_true",
-        help="empty vLLM's prefix cache before the replay, as Refed's run started (POST "
+        help="empty vLLM's prefix cache before Refed's run and before the replay (POST "
         "/reset_prefix_cache: the server needs VLLM_SERVER_DEV_MODE=1)",
     )
     p.add_argument("extra", nargs="*", help="extra graph.run flags (after --)")
     args = p.parse_args(argv)
     info = {"machine": machine(), "versions": versions()}
     with tempfile.TemporaryDirectory(prefix="refed-sat-") as tmp:
+        if args.cold:
+            reset_prefix_cache(args.base_url)
         before = scrape(args.base_url)
         run_wall = run_refed(args, Path(tmp) / "run")
         after = scrape(args.base_url)
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     refed_tokens = sum(r["completion_tokens"] for r in RECORDS)
     refed_prompt = sum(r["prompt_tokens"] for r in RECORDS)
     bodies = [r["body"] for r in sorted(RECORDS, key=lambda r: r["start"])]
-    if args.cold_replay:
+    if args.cold:
         reset_prefix_cache(args.base_url)
     before_replay = scrape(args.base_url)
     rep = asyncio.run(replay(args.base_url, bodies, args.concurrency))
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         if window_prompt
         else None,
         "other_requests_running_at_start": before["running"],
-        "replay_prefix_cache": "reset" if args.cold_replay else "as Refed left it",
+        "prefix_cache": "reset before each" if args.cold else "the replay's as Refed left it",
     }
     result["ratio"] = result["refed_tok_s"] / result["replay_tok_s"]
     mean_in_flight, under, peak = occupancy(RECORDS, args.concurrency)
