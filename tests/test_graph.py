@@ -305,3 +305,28 @@ async def test_truncated_structured_answer_fails_only_its_candidate(run: Run) ->
     assert cands["kitchen chemistry"].status == "failed"
     assert cands["kitchen chemistry"].reason.startswith("metric_judge: length:")  # type: ignore[union-attr]
     assert cands["food safety"].status == "accepted"
+
+
+async def test_checkpoints_grow_with_steps_not_with_candidates() -> None:
+    """Candidates ride in Send packets of the reference's own thread: one checkpoint per
+    superstep whatever K is, none in a sub-namespace, no candidate field as a channel."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    counts: dict[int, int] = {}
+    for k in (2, 5):
+        key = f"test-graph-ckpt-{k}"
+        register_client(key, LLMClient(ScriptedChatModel(Script()), concurrency=4))
+        try:
+            saver = InMemorySaver()
+            app = compile_graph(saver)
+            ctx = RefedContext(client_key=key, base_url=None, per_reference=k, run_id="t")
+            cfg: Any = {"configurable": {"thread_id": f"t:{k}"}}
+            out = await app.ainvoke({"reference": REF}, cfg, context=ctx)
+        finally:
+            unregister_client(key)
+        assert len(out["candidates"]) == k
+        rows = list(saver.list(None))
+        assert {r.config["configurable"]["checkpoint_ns"] for r in rows} == {""}
+        counts[k] = len(rows)
+        assert not {"instruction", "response", "judgement"} & set(app.channels)
+    assert counts[2] == counts[5]
