@@ -83,9 +83,14 @@ def occupancy(records: list[dict[str, Any]], concurrency: int) -> tuple[float, f
     return area / span, under / span, peak
 
 
+def server_root(base_url: str) -> str:
+    """The server's own address (``/metrics``, ``/reset_prefix_cache``) from its API base."""
+    return re.sub(r"/v1/?$", "", base_url.rstrip("/"))
+
+
 def scrape(base_url: str) -> dict[str, float]:
     """vLLM's counters we need, summed over labels (``name_total``)."""
-    root = re.sub(r"/v1/?$", "", base_url.rstrip("/"))
+    root = server_root(base_url)
     text = httpx.get(f"{root}/metrics", timeout=10).text
     want = {
         "vllm:prefix_cache_queries_total": "queries",
@@ -106,7 +111,7 @@ def scrape(base_url: str) -> dict[str, float]:
 
 def reset_prefix_cache(base_url: str) -> None:
     """Empty vLLM's prefix cache (a dev-mode endpoint), so a run starts cold."""
-    root = base_url.rstrip("/").removesuffix("/v1")
+    root = server_root(base_url)
     r = httpx.post(root + "/reset_prefix_cache", timeout=60)
     if r.status_code != 200:
         raise SystemExit(
