@@ -77,14 +77,14 @@ async def synthesize(
     async for chunk in app.astream(start, cfg, context=context, stream_mode="updates"):
         for node, update in chunk.items():
             yield Event("progress", {"node": node})
-            fresh = update.get("feedback") if isinstance(update, dict) else None
+            changed = update if isinstance(update, dict) else {}  # None: a candidate passed on
+            fresh = changed.get("feedback")
             if not stored and fresh is not None:
                 # cached as soon as it exists: a request cut short later (shutdown, client
                 # gone, an LLM failure) does not lose the feedback calls it paid for
                 await cache.put(ref, ReferenceFeedback.model_validate(fresh))
                 stored = True
-            closed = update.get("candidates") if isinstance(update, dict) else None
-            for c in closed or []:
+            for c in changed.get("candidates") or []:
                 sample = Sample(**Candidate.model_validate(c).model_dump(), provenance=provenance)
                 if screen is not None:
                     sample = screened.setdefault(sample.sample_id, screen.screen([sample])[0])
