@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 from langchain_core.messages import BaseMessage
+from langgraph.checkpoint.memory import InMemorySaver
 
 from graph.builder import compile_graph
 from nodes.llm import LLMClient, register_client, unregister_client
@@ -57,11 +58,12 @@ def by_feature(messages: list[BaseMessage], kwargs: dict[str, Any]) -> dict[str,
 
 @pytest.fixture
 def run() -> Iterator[Run]:
-    """run(answers=..., **context) -> (final state, script)."""
+    """run(answers=..., saver=..., **context) -> (final state, script); with a saver the
+    graph is compiled with it and runs on a thread of its own."""
     keys: list[str] = []
 
     async def go(
-        answers: dict[str, Any] | None = None, **overrides: Any
+        answers: dict[str, Any] | None = None, saver: Any = None, **overrides: Any
     ) -> tuple[dict[str, Any], Script]:
         script = Script(answers=dict(answers or {}))
         key = f"test-graph-{next(_keys)}"
@@ -80,8 +82,10 @@ def run() -> Iterator[Run]:
             "run_id": "test",
         }
         values.update(overrides)
-        app = compile_graph()
-        out = await app.ainvoke({"reference": REF}, context=RefedContext(client_key=key, **values))
+        app = compile_graph(saver)
+        cfg: Any = {"configurable": {"thread_id": key}} if saver is not None else None
+        ctx = RefedContext(client_key=key, **values)
+        out = await app.ainvoke({"reference": REF}, cfg, context=ctx)
         return out, script
 
     yield go
@@ -307,26 +311,16 @@ async def test_truncated_structured_answer_fails_only_its_candidate(run: Run) ->
     assert cands["food safety"].status == "accepted"
 
 
-async def test_checkpoints_grow_with_steps_not_with_candidates() -> None:
+async def test_checkpoints_grow_with_steps_not_with_candidates(run: Run) -> None:
     """Candidates ride in Send packets of the reference's own thread: one checkpoint per
     superstep whatever K is, none in a sub-namespace, no candidate field as a channel."""
-    from langgraph.checkpoint.memory import InMemorySaver
-
     counts: dict[int, int] = {}
     for k in (2, 5):
-        key = f"test-graph-ckpt-{k}"
-        register_client(key, LLMClient(ScriptedChatModel(Script()), concurrency=4))
-        try:
-            saver = InMemorySaver()
-            app = compile_graph(saver)
-            ctx = RefedContext(client_key=key, base_url=None, per_reference=k, run_id="t")
-            cfg: Any = {"configurable": {"thread_id": f"t:{k}"}}
-            out = await app.ainvoke({"reference": REF}, cfg, context=ctx)
-        finally:
-            unregister_client(key)
+        saver = InMemorySaver()
+        out, _ = await run(saver=saver, per_reference=k)
         assert len(out["candidates"]) == k
         rows = list(saver.list(None))
         assert {r.config["configurable"]["checkpoint_ns"] for r in rows} == {""}
         counts[k] = len(rows)
-        assert not {"instruction", "response", "judgement"} & set(app.channels)
     assert counts[2] == counts[5]
+    assert not {"instruction", "response", "judgement"} & set(compile_graph().channels)
