@@ -1,6 +1,7 @@
 """Assemble Refed's LangGraph: one thread per reference, candidates carried by ``Send``.
 
-    START → reference_analysis → feedback_distillation → synthesis ─Send×K─► respond
+    START → [reference_judge] → reference_analysis → feedback_distillation → synthesis
+    synthesis ─Send×K─► respond
     respond ─Send─► self_critique ─Send─► metric_judge ─(under the bar, rounds left)─┐
                           ▲                   └──────► closed: record to the thread  │
                           └──────────────────────────────────────────────────────────┘
@@ -11,11 +12,14 @@ updated candidate on, or closes it (``nodes.finalize``: accepted, rejected with 
 reason, or failed) and adds the record to the thread's ``candidates``. Each step's
 result is checkpointed when its task ends, so a resume redoes no finished step.
 This costs a third of the engine's work of a subgraph per candidate (its own loop,
-channels and checkpoints: BENCHMARKS.md, "Candidates without a subgraph"); the
-price is that the candidates of one reference move in step (a step ends when its
-slowest candidate does), which other references' requests fill in.
+channels and checkpoints); the price is that the candidates of one reference move in
+step (a step ends when its slowest candidate does), which other references' requests
+fill in.
 
-In ``sample`` and ``none`` modes the thread starts at synthesis; in ``none`` mode
+With a bar anchored on the reference (``judge_bar = "reference[:MARGIN]"``) the thread
+starts by scoring the reference pair itself. A candidate whose answer fails a validity
+check closes as rejected without a judge call. In ``sample`` and ``none`` modes there is
+no reference analysis; in ``none`` mode
 respond goes straight to the judge. Any node that fails sets ``error`` and the
 thread (or candidate) goes to its end, so one failure never cancels siblings.
 """
@@ -35,18 +39,31 @@ from nodes.feedback_distillation import feedback_distillation
 from nodes.finalize import finalize
 from nodes.metric_judge import metric_judge, wants_revision
 from nodes.reference_analysis import reference_analysis
+from nodes.reference_judge import reference_judge
 from nodes.respond import respond
 from nodes.self_critique import self_critique
 from nodes.synthesis import synthesis
 from state.context import RefedContext
 from state.graph_state import CandidateState, ReferenceState
+from state.judgements import JudgeBar
 from state.records import Usage
 
 
 # Routes are coroutines: LangGraph runs a plain function route in a thread pool, one
-# hop per step (BENCHMARKS.md, "Async routes").
+# hop per step.
 async def _start(state: ReferenceState, runtime: Runtime[RefedContext]) -> str:
+    """The reference's own score first when the bar is anchored on it (unless known)."""
+    anchored = JudgeBar.parse(runtime.context.judge_bar).anchored
+    cached = state.feedback is not None and state.feedback.reference_judgement is not None
+    if anchored and state.reference_judgement is None and not cached:
+        return "reference_judge"
+    return await _collect_feedback(state, runtime)
+
+
+async def _collect_feedback(state: ReferenceState, runtime: Runtime[RefedContext]) -> str:
     """Feedback is collected in reference mode, unless the input already carries it (cache)."""
+    if state.error:
+        return END
     if runtime.context.feedback_mode == "reference" and state.feedback is None:
         return "reference_analysis"
     return "synthesis"
@@ -63,17 +80,23 @@ def _ok_or_end(next_node: str) -> Any:
 async def _fan_out(state: ReferenceState) -> list[Send] | str:
     if state.error or not state.instructions:
         return END
+    anchor = state.reference_judgement
     return [
         Send(
             "respond",
-            CandidateState(reference=state.reference, feedback=state.feedback, instruction=inst),
+            CandidateState(
+                reference=state.reference,
+                feedback=state.feedback,
+                instruction=inst,
+                reference_score=anchor.mean if anchor is not None else None,
+            ),
         )
         for inst in state.instructions
     ]
 
 
 async def _after_respond(state: CandidateState, runtime: Runtime[RefedContext]) -> str:
-    if state.error:
+    if state.error or state.rejection is not None:
         return END
     return "metric_judge" if runtime.context.feedback_mode == "none" else "self_critique"
 
@@ -124,6 +147,7 @@ def _candidate_step(node: Node, route: Route) -> Callable[..., Awaitable[Command
 def build_graph() -> StateGraph[ReferenceState, RefedContext, ReferenceState, ReferenceState]:
     """The reference-thread graph, uncompiled (compile with or without a checkpointer)."""
     g = StateGraph(ReferenceState, context_schema=RefedContext)
+    g.add_node("reference_judge", reference_judge)
     g.add_node("reference_analysis", reference_analysis)
     g.add_node("feedback_distillation", feedback_distillation)
     g.add_node("synthesis", synthesis)
@@ -140,7 +164,10 @@ def build_graph() -> StateGraph[ReferenceState, RefedContext, ReferenceState, Re
             input_schema=ReferenceState,
             destinations=ends,
         )
-    g.add_conditional_edges(START, _start, ["reference_analysis", "synthesis"])
+    g.add_conditional_edges(START, _start, ["reference_judge", "reference_analysis", "synthesis"])
+    g.add_conditional_edges(
+        "reference_judge", _collect_feedback, ["reference_analysis", "synthesis", END]
+    )
     g.add_conditional_edges(
         "reference_analysis", _ok_or_end("feedback_distillation"), ["feedback_distillation", END]
     )

@@ -70,7 +70,9 @@ def outcome(sample: Sample) -> str:
     if sample.filter is not None:
         if sample.filter.name == "near-duplicate":
             return f"near-duplicate of a {sample.filter.source}"
-        return f"benchmark contamination ({sample.filter.source})"
+        if sample.filter.name == "decontamination":
+            return f"benchmark contamination ({sample.filter.source})"
+        return f"check: {sample.filter.name}"
     reason = sample.reason or ""
     if sample.status == "rejected":
         if reason.startswith("judge mean"):

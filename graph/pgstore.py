@@ -368,7 +368,9 @@ class PgRunFolder(RunFolder):
         for s in fresh:
             self._samples.setdefault(s.reference_id, []).append(s)
         self.sample_ids.update(s.sample_id for s in fresh)
-        self.gated_ids.update(s.sample_id for s in fresh if s.filter is not None)
+        self.gated_ids.update(
+            s.sample_id for s in fresh if s.filter is not None and s.filter.is_gate
+        )
         accepted = sum(s.status == "accepted" for s in fresh)
         return accepted, len(fresh) - accepted
 

@@ -44,6 +44,7 @@ from state.context import RefedContext
 from state.graph_state import ReferenceState
 from state.records import (
     Candidate,
+    Judgement,
     Provenance,
     Reference,
     ReferenceDone,
@@ -111,6 +112,12 @@ async def run_thread(
             if update:
                 on_update(node, update)
     return dict((await app.aget_state(cfg)).values)
+
+
+def reference_score(values: dict[str, Any]) -> float | None:
+    """The mean score the judge gave the reference pair itself (anchored bars), if any."""
+    found = values.get("reference_judgement")
+    return None if found is None else Judgement.model_validate(found).mean
 
 
 class Runner:
@@ -209,6 +216,8 @@ class Runner:
                 rejected=len(candidates) - accepted,
                 usage=usage,
                 error=values.get("error"),
+                reference_score=reference_score(values),
+                dropped_instructions=values.get("dropped_instructions") or [],
             )
         )
         if values.get("error"):

@@ -191,7 +191,7 @@ class RunFolder:
         for sample in self.rejected.read(Sample):
             self.sample_ids.add(sample.sample_id)
             self.rejected_count += 1
-            if sample.filter is not None:
+            if sample.filter is not None and sample.filter.is_gate:
                 self.gated_ids.add(sample.sample_id)
         for fb in self.feedback.read(ReferenceFeedback):
             self.feedback_ids.add(fb.reference_id)
@@ -218,7 +218,9 @@ class RunFolder:
         self.samples.append(accepted)
         self.rejected.append(rejected)
         self.sample_ids.update(s.sample_id for s in fresh)
-        self.gated_ids.update(s.sample_id for s in rejected if s.filter is not None)
+        self.gated_ids.update(
+            s.sample_id for s in rejected if s.filter is not None and s.filter.is_gate
+        )
         self.accepted += len(accepted)
         self.rejected_count += len(rejected)
         return len(accepted), len(rejected)

@@ -246,29 +246,3 @@ def cosine_scores(
         v = vectors[where[ex.target]]
         out[ex.uid] = max(float(v @ vectors[where[r]]) for r in refs[ex.item])
     return out
-
-
-def mean_pooled_embedder(model: Any, tokenizer: Any, *, max_len: int = 256) -> Any:
-    """Sentence embeddings the way all-MiniLM-L6-v2 is used: mean over tokens, unit length."""
-    import torch
-
-    bert = model.bert if hasattr(model, "bert") else model
-
-    @torch.no_grad()
-    def embed(texts: Sequence[str]) -> torch.Tensor:
-        out = []
-        for i in range(0, len(texts), 32):
-            enc = tokenizer(
-                list(texts[i : i + 32]),
-                truncation=True,
-                max_length=max_len,
-                padding=True,
-                return_tensors="pt",
-            )
-            hidden = bert(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(out)
-
-    return embed

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from dataset.embeddings import base_folder, mean_pooled_embedder
 from metric.data import (
     TASKS,
     Caps,
@@ -42,7 +43,6 @@ from metric.evaluate import (
     Row,
     cosine_scores,
     llm_pair_rows,
-    mean_pooled_embedder,
     pair_rows,
     pointwise_rows,
     references,
@@ -55,7 +55,6 @@ from metric.train import (
     Head,
     TrainConfig,
     Trunk,
-    base_folder,
     encode,
     load_classifier,
     load_tokenizer,

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from dataset.embeddings import base_folder
 from metric.data import GENERIC, context_fields, instruction
 from metric.text import pair_texts, to_scale
 from state.criteria import CriteriaSet
@@ -134,8 +135,6 @@ def _meta(folder: Path) -> dict[str, Any]:
 
 def open_scorer(target: str, *, tokenizer_folder: Path | None = None) -> tuple[Scorer, Any, int]:
     """The scorer for ``target`` (URL: vLLM; folder: in-process), its tokenizer, max length."""
-    from metric.train import base_folder
-
     if target.startswith(("http://", "https://")):
         folder = tokenizer_folder or base_folder()
         meta = _meta(folder)

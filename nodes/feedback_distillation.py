@@ -17,8 +17,6 @@ from state.graph_state import ReferenceState
 from state.llm_outputs import DistilledFeedbackOut
 from state.records import ReferenceFeedback
 
-DISTILL_MAX_TOKENS = 500
-
 
 async def feedback_distillation(
     state: ReferenceState, runtime: Runtime[RefedContext]
@@ -27,7 +25,8 @@ async def feedback_distillation(
     ref = state.reference
     inst, resp = state.instruction_analysis, state.response_analysis
     assert inst is not None and resp is not None, "reference_analysis must run first"
-    messages = prompts.load("distill_feedback").render(
+    prompt = prompts.for_task("distill_feedback", ctx.prompt_variants)
+    messages = prompt.render(
         instruction=ref.instruction,
         subject_areas="; ".join(inst.subject_areas),
         skills="; ".join(inst.skills),
@@ -43,9 +42,11 @@ async def feedback_distillation(
             DistilledFeedbackOut,
             task="distill_feedback",
             feedback=True,
-            temperature=ctx.judge_temperature,
-            max_tokens=DISTILL_MAX_TOKENS,
+            temperature=ctx.feedback_temperature,
+            max_tokens=ctx.distill_max_tokens,
             seed=derive_seed(ctx.seed, ref.id, "distill_feedback"),
+            fmt=prompt.format,
+            sampling=ctx.sampling(),
         )
     except LLMError as exc:
         return {"usage": exc.usage, "error": f"feedback_distillation failed: {exc}"}
@@ -55,6 +56,7 @@ async def feedback_distillation(
         response=resp,
         instruction_guidance=list(reply.value.instruction_guidance),
         response_guidance=list(reply.value.response_guidance),
+        reference_judgement=state.reference_judgement,
         usage=state.usage + reply.usage,
     )
     return {"usage": reply.usage, "feedback": feedback}

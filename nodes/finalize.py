@@ -19,6 +19,9 @@ async def finalize(state: CandidateState) -> dict[str, Any]:
     reason: str | None
     if state.error is not None:
         status, reason = "failed", state.error
+    elif state.rejection is not None:
+        f = state.rejection
+        status, reason = "rejected", f"check {f.name} on the {f.field}: {f.method}"
     elif j is None:
         status, reason = "failed", "no judgement"
     elif j.passed:
@@ -44,6 +47,9 @@ async def finalize(state: CandidateState) -> dict[str, Any]:
         revisions=state.revisions,
         status=status,
         reason=reason,
+        filter=state.rejection,
+        cut=state.cut,
+        refine_dropped=state.refine_dropped,
         usage=state.usage,
     )
     return {"candidates": [candidate]}

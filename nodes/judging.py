@@ -60,6 +60,8 @@ class JudgeOptions:
     """Cap on the rationale; 0 asks for scores only."""
     max_field_chars: int = prompts.MAX_FIELD_CHARS
     seed: int = 0
+    sampling: tuple[tuple[str, Any], ...] = ()
+    """Further sampling parameters (top_p, repetition_penalty, ...) as (name, value) pairs."""
 
     @classmethod
     def from_context(cls, ctx: RefedContext) -> JudgeOptions:
@@ -68,6 +70,7 @@ class JudgeOptions:
             logprobs=ctx.judge_logprobs,
             rationale_chars=ctx.judge_rationale_chars,
             seed=ctx.seed,
+            sampling=tuple(sorted(ctx.judge_sampling().items())),
         )
 
     def top_logprobs(self, criteria: Sequence[Criterion]) -> int | None:
@@ -268,6 +271,7 @@ async def score_together(
         schema,
         task=task,
         temperature=opts.temperature,
+        sampling=dict(opts.sampling),
         max_tokens=opts.max_tokens(len(criteria)),
         seed=derive_seed(opts.seed, *seed_parts, "judge"),
         logprobs=opts.top_logprobs(criteria),
@@ -301,6 +305,7 @@ async def score_one(
         pointwise_schema(criterion.points, opts.rationale_chars),
         task=f"{task}:{criterion.name}",
         temperature=opts.temperature,
+        sampling=dict(opts.sampling),
         max_tokens=opts.max_tokens(1),
         seed=derive_seed(opts.seed, *seed_parts, "judge", criterion.name),
         logprobs=opts.top_logprobs([criterion]),
@@ -414,6 +419,7 @@ async def compare(
             schema,
             task=task,
             temperature=opts.temperature,
+            sampling=dict(opts.sampling),
             max_tokens=opts.max_tokens(1),
             seed=derive_seed(opts.seed, *seed_parts, "pairwise", name or "all", order),
         )

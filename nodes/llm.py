@@ -22,7 +22,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from nodes.circuit import CircuitBreaker
 from state.context import RefedContext
+from state.line_format import LineFormatError, line_regex, parse_lines
 from state.records import Usage
 
 log = structlog.get_logger("refed.llm")
@@ -54,9 +55,12 @@ class LLMError(Exception):
         self.usage = usage or Usage()
 
 
+V = TypeVar("V")
+
+
 @dataclass
-class Reply(Generic[T]):
-    value: T
+class Reply(Generic[V]):
+    value: V
     usage: Usage
     logprobs: list[dict[str, Any]] | None = None
 
@@ -113,6 +117,8 @@ class Completion:
     completion_tokens: int = 0
     logprobs: list[dict[str, Any]] | None = None
     """OpenAI ``choices[0].logprobs.content`` when asked for."""
+    choices: list[tuple[str, str | None]] = field(default_factory=list)
+    """Every choice's (content, finish_reason) when ``n`` > 1 was asked for."""
 
 
 class TransportError(Exception):
@@ -142,6 +148,10 @@ class Transport(Protocol):
 
     async def aclose(self) -> None: ...
 
+
+VLLM_ONLY_PARAMS = frozenset({"top_k", "min_p", "repetition_penalty", "structured_outputs"})
+"""Sampling and decoding parameters vLLM reads from the request body that the OpenAI API
+lacks: sent at the body's top level (the openai SDK's ``extra_body``)."""
 
 _RETRYABLE_STATUS = frozenset({408, 409})
 """Status codes worth another try besides 429 and 5xx (as the openai SDK's own policy)."""
@@ -235,12 +245,19 @@ class HTTPTransport:
             message = choice.get("message") or {}
             usage = data.get("usage") or {}
             lp = choice.get("logprobs")
+            choices = data["choices"]
             return Completion(
                 content=message.get("content") or "",
                 finish_reason=choice.get("finish_reason"),
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
                 logprobs=lp.get("content") if isinstance(lp, dict) else None,
+                choices=[
+                    ((c.get("message") or {}).get("content") or "", c.get("finish_reason"))
+                    for c in choices
+                ]
+                if len(choices) > 1
+                else [],
             )
         except (ValueError, LookupError, TypeError, AttributeError) as exc:
             raise TransportError(
@@ -299,6 +316,28 @@ class ChatModelTransport:
         self.chat_model = chat_model
 
     async def complete(self, messages: Messages, params: dict[str, Any]) -> Completion:
+        """One call; ``n`` > 1 becomes that many calls (a chat model returns one message)."""
+        n = int(params.get("n") or 1)
+        params = {k: v for k, v in params.items() if k != "n"}
+        extra = {k: params.pop(k) for k in list(params) if k in VLLM_ONLY_PARAMS}
+        if extra:
+            params["extra_body"] = {**params.get("extra_body", {}), **extra}
+        if n == 1:
+            return await self._complete_one(messages, params)
+        seed = params.get("seed")
+        done = [
+            await self._complete_one(
+                messages, {**params, "seed": None if seed is None else seed + i}
+            )
+            for i in range(n)
+        ]
+        first = done[0]
+        first.prompt_tokens = sum(d.prompt_tokens for d in done)
+        first.completion_tokens = sum(d.completion_tokens for d in done)
+        first.choices = [(d.content, d.finish_reason) for d in done]
+        return first
+
+    async def _complete_one(self, messages: Messages, params: dict[str, Any]) -> Completion:
         import openai  # only this path needs the SDK's error types (a slow import)
 
         retryable = (
@@ -479,7 +518,7 @@ class LLMClient:
                 usage.failed_calls += 1
                 exc.usage = usage
                 last = exc
-                if exc.kind == "length" and parse is _text:
+                if exc.kind == "length" and parse in (_text, _text_or_cut):
                     raise  # a longer answer will not fit the next time either
                 log.debug("llm_retry", task=task, attempt=attempt, error=exc.message[:200])
             if attempt >= self.max_retries:
@@ -498,9 +537,15 @@ class LLMClient:
         max_tokens: int,
         seed: int | None = None,
         feedback: bool = False,
+        sampling: Mapping[str, Any] | None = None,
+        allow_length: bool = False,
     ) -> TextReply:
-        params = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
-        text, usage, done = await self._call(messages, _text, params, feedback=feedback, task=task)
+        """A free-text answer. A cut-off one (``finish_reason`` length) raises, unless
+        ``allow_length``: then it comes back as is, for the caller to repair or reject."""
+        params = {**(sampling or {}), "temperature": temperature, "max_tokens": max_tokens}
+        params["seed"] = seed
+        parse = _text_or_cut if allow_length else _text
+        text, usage, done = await self._call(messages, parse, params, feedback=feedback, task=task)
         return TextReply(text, usage, done.finish_reason)
 
     async def structured(
@@ -514,36 +559,110 @@ class LLMClient:
         seed: int | None = None,
         feedback: bool = False,
         logprobs: int | None = None,
+        fmt: Literal["json", "lines"] = "json",
+        sampling: Mapping[str, Any] | None = None,
     ) -> Reply[T]:
-        params: dict[str, Any] = {
-            "response_format": json_schema_format(schema),
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-            "seed": seed,
-        }
+        """An answer in ``schema``: JSON by schema, or (``fmt="lines"``) labelled lines held
+        to a regular expression (:mod:`state.line_format`), for small models."""
+        params = _structured_params(schema, fmt, temperature, max_tokens, seed, sampling)
         if logprobs:
             params.update(logprobs=True, top_logprobs=logprobs)
 
         def parse(done: Completion) -> T:
-            if done.finish_reason == "length":
-                raise LLMError("length", f"{task}: output cut off at max_tokens={max_tokens}")
-            if done.finish_reason == "content_filter":
-                raise LLMError("filtered", f"{task}: the server's content filter stopped it")
-            try:
-                return schema.model_validate_json(done.content)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"]) or "(root)"
-                raise LLMError("parse", f"{task}: {where}: {first['msg']}") from exc
+            return _parse_choice(schema, fmt, task, max_tokens, done.content, done.finish_reason)
 
         value, usage, done = await self._call(messages, parse, params, feedback=feedback, task=task)
         return Reply(value, usage, done.logprobs)
+
+    async def structured_n(
+        self,
+        messages: Messages,
+        schema: type[T],
+        *,
+        n: int,
+        task: str,
+        temperature: float,
+        max_tokens: int,
+        seed: int | None = None,
+        fmt: Literal["json", "lines"] = "json",
+        sampling: Mapping[str, Any] | None = None,
+    ) -> Reply[list[T]]:
+        """``n`` answers to one request (the prompt is processed once). Answers that are
+        cut off or malformed are dropped; the call fails only when none is usable."""
+        params = _structured_params(schema, fmt, temperature, max_tokens, seed, sampling)
+        params["n"] = n
+
+        def parse(done: Completion) -> list[T]:
+            found: list[T] = []
+            last: LLMError | None = None
+            for content, finish in done.choices or [(done.content, done.finish_reason)]:
+                try:
+                    found.append(_parse_choice(schema, fmt, task, max_tokens, content, finish))
+                except LLMError as exc:
+                    last = exc
+            if not found:
+                assert last is not None
+                raise last
+            return found
+
+        value, usage, _ = await self._call(messages, parse, params, feedback=False, task=task)
+        return Reply(value, usage)
+
+
+def _structured_params(
+    schema: type[BaseModel],
+    fmt: Literal["json", "lines"],
+    temperature: float,
+    max_tokens: int,
+    seed: int | None,
+    sampling: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    params: dict[str, Any] = {**(sampling or {})}
+    if fmt == "lines":
+        params["structured_outputs"] = {"regex": line_regex(schema)}
+    else:
+        params["response_format"] = json_schema_format(schema)
+    params.update(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    return params
+
+
+def _parse_choice(
+    schema: type[T],
+    fmt: Literal["json", "lines"],
+    task: str,
+    max_tokens: int,
+    content: str,
+    finish_reason: str | None,
+) -> T:
+    if finish_reason == "length":
+        raise LLMError("length", f"{task}: output cut off at max_tokens={max_tokens}")
+    if finish_reason == "content_filter":
+        raise LLMError("filtered", f"{task}: the server's content filter stopped it")
+    if fmt == "lines":
+        try:
+            return parse_lines(schema, content)
+        except LineFormatError as exc:
+            raise LLMError("parse", f"{task}: {exc}") from exc
+    try:
+        return schema.model_validate_json(content)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise LLMError("parse", f"{task}: {where}: {first['msg']}") from exc
 
 
 def _text(done: Completion) -> str:
     text = done.content.strip()
     if done.finish_reason == "length":
         raise LLMError("length", "answer cut off at max_tokens")
+    if not text:
+        raise LLMError("parse", "empty answer")
+    return text
+
+
+def _text_or_cut(done: Completion) -> str:
+    """As :func:`_text`, but a cut-off answer is returned (its finish_reason says so)."""
+    text = done.content.strip()
     if not text:
         raise LLMError("parse", "empty answer")
     return text

@@ -19,8 +19,6 @@ from state.graph_state import ReferenceState
 from state.llm_outputs import InstructionAnalysisOut, ResponseAnalysisOut
 from state.records import InstructionAnalysis, ResponseAnalysis, Usage
 
-ANALYSIS_MAX_TOKENS = 400
-
 
 async def reference_analysis(
     state: ReferenceState, runtime: Runtime[RefedContext]
@@ -28,26 +26,30 @@ async def reference_analysis(
     ctx = runtime.context
     llm = client_for(ctx)
     ref = state.reference
+    about_instruction = prompts.for_task("analyze_instruction", ctx.prompt_variants)
+    about_response = prompts.for_task("analyze_response", ctx.prompt_variants)
+    common: dict[str, Any] = {
+        "feedback": True,
+        "temperature": ctx.feedback_temperature,
+        "max_tokens": ctx.analysis_max_tokens,
+        "sampling": ctx.sampling(),
+    }
     calls = await asyncio.gather(
         llm.structured(
-            prompts.load("analyze_instruction").render(instruction=ref.instruction),
+            about_instruction.render(instruction=ref.instruction),
             InstructionAnalysisOut,
             task="analyze_instruction",
-            feedback=True,
             seed=derive_seed(ctx.seed, ref.id, "analyze_instruction"),
-            temperature=ctx.judge_temperature,
-            max_tokens=ANALYSIS_MAX_TOKENS,
+            fmt=about_instruction.format,
+            **common,
         ),
         llm.structured(
-            prompts.load("analyze_response").render(
-                instruction=ref.instruction, response=ref.response
-            ),
+            about_response.render(instruction=ref.instruction, response=ref.response),
             ResponseAnalysisOut,
             task="analyze_response",
-            feedback=True,
             seed=derive_seed(ctx.seed, ref.id, "analyze_response"),
-            temperature=ctx.judge_temperature,
-            max_tokens=ANALYSIS_MAX_TOKENS,
+            fmt=about_response.format,
+            **common,
         ),
         return_exceptions=True,
     )

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import operator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from state.records import (
     Candidate,
+    DroppedInstruction,
     InstructionAnalysis,
     Judgement,
     NewInstruction,
+    QualityFilter,
     Reference,
     ReferenceFeedback,
     ResponseAnalysis,
@@ -28,6 +30,9 @@ class ReferenceState(BaseModel):
     response_analysis: ResponseAnalysis | None = None
     feedback: ReferenceFeedback | None = None
     instructions: list[NewInstruction] = Field(default_factory=list)
+    dropped_instructions: list[DroppedInstruction] = Field(default_factory=list)
+    reference_judgement: Judgement | None = None
+    """The judge's scores of the reference pair itself (anchored bars)."""
     candidates: Annotated[list[Candidate], operator.add] = Field(default_factory=list)
     usage: Annotated[Usage, add_usage] = Field(default_factory=Usage)
     error: str | None = None
@@ -49,6 +54,12 @@ class CandidateState(BaseModel):
     sample_feedback: str | None = None
     judge_notes: str | None = None
     judgement: Judgement | None = None
+    reference_score: float | None = None
+    """The judge's mean score of this candidate's reference (anchored bars)."""
+    rejection: QualityFilter | None = None
+    """A validity check the answer failed: the candidate closes as rejected, unjudged."""
+    cut: Literal["loop", "cap"] | None = None
+    refine_dropped: str | None = None
     revisions: int = 0
     error: str | None = None
     usage: Usage = Field(default_factory=Usage)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -22,6 +24,56 @@ def combined_method(methods: list[ScoreMethod] | tuple[ScoreMethod, ...]) -> Met
     if kinds <= {"sampled"}:
         return "sampled"
     return "mixed"
+
+
+DEFAULT_MARGIN = 0.5
+"""How far under its reference's score a sample may be with a bare ``reference`` bar."""
+
+
+@dataclass(frozen=True)
+class JudgeBar:
+    """What a mean judge score must reach: a fixed number, or its reference's score less a
+    margin (``anchored``). The references are the method's standard of quality, so an
+    anchored bar means the same on any judge, whatever its scale habits."""
+
+    value: float
+    anchored: bool = False
+
+    @classmethod
+    def parse(cls, raw: str | float) -> JudgeBar:
+        if isinstance(raw, int | float):
+            return cls(float(raw))
+        text = raw.strip().lower()
+        if text == "reference" or text.startswith("reference:"):
+            margin = text.partition(":")[2].strip()
+            try:
+                value = float(margin) if margin else DEFAULT_MARGIN
+            except ValueError:
+                raise ValueError(
+                    f"judge bar {raw!r}: the margin after 'reference:' must be a number"
+                ) from None
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"judge bar {raw!r}: the margin must be 0 or more")
+            return cls(value, anchored=True)
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(
+                f"judge bar {raw!r}: give a number (e.g. 3.0) or reference[:MARGIN]"
+            ) from None
+        if not math.isfinite(value):
+            raise ValueError(f"judge bar {raw!r}: not a finite number")
+        return cls(value)
+
+    @property
+    def text(self) -> str:
+        return f"reference:{self.value:g}" if self.anchored else f"{self.value:g}"
+
+    def threshold(self, reference_score: float | None) -> float | None:
+        """The score to reach; None when the bar is anchored and the reference has none."""
+        if not self.anchored:
+            return self.value
+        return None if reference_score is None else reference_score - self.value
 
 
 class CriterionScore(BaseModel):

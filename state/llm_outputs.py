@@ -44,6 +44,26 @@ class InstructionsOut(_Out):
     instructions: list[InstructionText] = Field(min_length=1, max_length=10)
 
 
+REQUEST_OPENERS = (
+    "Write|Explain|Describe|List|Give|Suggest|Create|Compare|Summarize|Tell me|Help me|Plan"
+    "|Name|Find|Translate|Rewrite|Design|Outline|Calculate|Solve|Recommend|Draft|Compose"
+    "|Classify|Convert|Identify|Make|Teach me|Show me|How|What|Why|When|Which|Who|Where"
+    "|Is|Are|Can|Could|Should|Do|Does"
+)
+REQUEST_PATTERN = f"({REQUEST_OPENERS}) [A-Za-z0-9][^\\n]{{10,200}}[.?!]"
+"""One request in plain words: opens as a request does (an imperative or a question word),
+so a small model cannot answer the example instead of writing a new request."""
+
+
+class OneInstructionOut(_Out):
+    """One new instruction per completion (``n`` completions per request): the form small
+    models manage, written as one labelled line."""
+
+    instruction: str = Field(
+        title="Request", max_length=240, json_schema_extra={"line_pattern": REQUEST_PATTERN}
+    )
+
+
 class SampleFeedbackOut(_Out):
     strengths: Line
     improvements: list[Line] = Field(min_length=1, max_length=3)

@@ -99,6 +99,11 @@ class ReferenceFeedback(BaseModel):
     response_guidance: list[str] = Field(
         default_factory=list, description="Distilled: how to improve a response in this spirit."
     )
+    reference_judgement: Judgement | None = Field(
+        default=None,
+        description="The judge's scores of the reference pair itself (the anchor of a "
+        "reference[:MARGIN] bar).",
+    )
     usage: Usage = Field(default_factory=Usage)
 
     def features(self) -> list[str]:
@@ -132,12 +137,53 @@ class Judgement(BaseModel):
         "sampled: the scores the judge wrote; mixed: some of each.",
     )
     passed: bool
+    threshold: float | None = Field(
+        default=None,
+        description="The mean it had to reach: the bar, or its reference's score less the margin.",
+    )
     criteria: str | None = Field(default=None, description="The criteria set scored on.")
     pairwise: PairwiseVerdict | None = Field(
         default=None,
         description="With the pairwise filter: the improved response (second) against the "
         "first one, asked in both orders.",
     )
+
+
+GateName = Literal["near-duplicate", "decontamination"]
+CheckName = Literal[
+    "copies-prompt",
+    "feature-label",
+    "not-a-request",
+    "degenerate",
+    "asks-back",
+    "restates-request",
+    "off-topic",
+]
+GATE_NAMES: frozenset[str] = frozenset(("near-duplicate", "decontamination"))
+
+
+class QualityFilter(BaseModel):
+    """Why a sample was dropped without the judge: a quality gate (near-duplicate,
+    decontamination; after the judge accepted it) or a validity check (before any judge
+    call: dataset/validity.py, dataset/relevance.py)."""
+
+    name: GateName | CheckName
+    method: str = Field(description="What was measured: rouge-l, N-gram share, too short, ...")
+    score: float | None = Field(default=None, description="The measure (e.g. ROUGE-L F1).")
+    field: str = Field(default="instruction", description="The sample's field it concerns.")
+    match_id: str | None = Field(
+        default=None, description="Gates: a sample_id, seed:REFERENCE_ID or BENCHMARK#N."
+    )
+    match_text: str | None = Field(
+        default=None, description="The matched or offending text (cut at 500 characters)."
+    )
+    source: str | None = Field(
+        default=None, description="sample, seed, the benchmark's name, or check."
+    )
+
+    @property
+    def is_gate(self) -> bool:
+        return self.name in GATE_NAMES
 
 
 class Candidate(BaseModel):
@@ -155,7 +201,29 @@ class Candidate(BaseModel):
     revisions: int = 0
     status: CandidateStatus
     reason: str | None = None
+    filter: QualityFilter | None = Field(
+        default=None,
+        description="Set when a validity check or a quality gate rejected the sample.",
+    )
+    cut: Literal["loop", "cap"] | None = Field(
+        default=None,
+        description="The answer was cut off at its token cap and kept up to its last "
+        "complete sentence: before a repetition loop (loop) or before the cap (cap).",
+    )
+    refine_dropped: str | None = Field(
+        default=None,
+        description="The refinement failed a validity check (the reason); the first "
+        "response stands as the response.",
+    )
     usage: Usage = Field(default_factory=Usage)
+
+
+class DroppedInstruction(BaseModel):
+    """A synthesized instruction a validity check dropped before it was answered."""
+
+    text: str
+    feature: str | None = None
+    filter: QualityFilter
 
 
 class Provenance(BaseModel):
@@ -167,25 +235,10 @@ class Provenance(BaseModel):
     reference_response: str
 
 
-class QualityFilter(BaseModel):
-    """Why a quality gate (graph/quality) dropped a sample the judge had accepted."""
-
-    name: Literal["near-duplicate", "decontamination"]
-    method: str = Field(description="rouge-l, exact, N-gram or whole prompt.")
-    score: float | None = Field(default=None, description="ROUGE-L F1 with the match.")
-    field: str = Field(default="instruction", description="The sample's field that matched.")
-    match_id: str = Field(description="A sample_id, seed:REFERENCE_ID or BENCHMARK#N.")
-    match_text: str = Field(description="The matched text (cut at 500 characters).")
-    source: str = Field(description="sample, seed, or the benchmark's name.")
-
-
 class Sample(Candidate):
     """A candidate with its provenance, as written to samples.jsonl / rejected.jsonl."""
 
     provenance: Provenance
-    filter: QualityFilter | None = Field(
-        default=None, description="Set when a quality gate rejected the sample."
-    )
 
 
 class ReferenceDone(BaseModel):
@@ -195,6 +248,12 @@ class ReferenceDone(BaseModel):
     accepted: int
     rejected: int
     usage: Usage
+    reference_score: float | None = Field(
+        default=None, description="The judge's mean score of the reference pair itself."
+    )
+    dropped_instructions: list[DroppedInstruction] = Field(
+        default_factory=list, description="Synthesized instructions a validity check dropped."
+    )
     error: str | None = Field(default=None, description="Why the reference produced nothing.")
 
 

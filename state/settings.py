@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from state.judgements import JudgeBar
 from state.records import FeedbackMode
 
 
@@ -36,6 +37,32 @@ def _path_list(value: Any) -> Any:
 
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _judge_bar(value: Any) -> Any:
+    """A judge bar as its canonical text: ``3``, or ``reference:MARGIN``."""
+    if isinstance(value, int | float | str):
+        return JudgeBar.parse(value).text
+    return value
+
+
+def _name_map(value: Any) -> Any:
+    """``a=b,c=d`` (or a JSON object) as a dict."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            import json
+
+            return json.loads(text)
+        pairs = [p.strip() for p in text.split(",") if p.strip()]
+        out: dict[str, str] = {}
+        for pair in pairs:
+            key, sep, val = pair.partition("=")
+            if not sep or not key.strip() or not val.strip():
+                raise ValueError(f"expected TASK=FILE, got {pair!r}")
+            out[key.strip()] = val.strip()
+        return out
     return value
 
 
@@ -127,12 +154,110 @@ class RefedSettings(BaseSettings):
         "sample (baseline); none: no feedback.",
     )
     per_reference: int = Field(default=4, ge=1, le=200, description="New instructions per ref.")
-    judge_bar: float = Field(default=3.0, description="Mean judge score (1-5) to accept.")
+    judge_bar: Annotated[str, BeforeValidator(_judge_bar)] = Field(
+        default="3",
+        description="What a sample's mean judge score must reach: a number (e.g. 3.0 on the "
+        "1-5 scale), or reference[:MARGIN] (within MARGIN, default 0.5, of the score the judge "
+        "gives the sample's own reference pair).",
+    )
     max_revisions: int = Field(default=1, ge=0, le=5, description="Revise rounds under the bar.")
-    temperature: float = Field(default=1.0, ge=0, le=2, description="Sampling temperature.")
-    judge_temperature: float = Field(default=0.0, ge=0, le=2)
+    profile: str | None = Field(
+        default=None,
+        description="Generation profile: a built-in name (smollm2) or a TOML file of settings "
+        "and prompt variants tuned for a model; settings given as flags, environment or "
+        "config file win over it. Unset: smollm2 with the embedded server, none otherwise.",
+    )
+    prompt_variants: Annotated[dict[str, str], NoDecode, BeforeValidator(_name_map)] = Field(
+        default_factory=dict,
+        description="Prompt files to use instead of the defaults, TASK=FILE pairs separated by "
+        "commas (e.g. respond=small/respond); usually set by a profile.",
+    )
+
+    # --- sampling: the generator (synthesis, answers, refinement, feedback) ---------------
+    temperature: float = Field(
+        default=1.0, ge=0, le=2, description="Sampling temperature of answers and refinements."
+    )
+    synthesis_temperature: float | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        description="Temperature of new instructions (unset: temperature).",
+    )
+    feedback_temperature: float = Field(
+        default=0.0,
+        ge=0,
+        le=2,
+        description="Temperature of the feedback calls (analysis, distillation, sample feedback).",
+    )
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling.")
+    min_p: float | None = Field(
+        default=None, ge=0, le=1, description="Drop tokens under this share of the top one (vLLM)."
+    )
+    top_k: int | None = Field(default=None, ge=-1, description="Sample from the top K (vLLM).")
+    repetition_penalty: float | None = Field(
+        default=None,
+        gt=0,
+        le=3,
+        description="Penalise tokens already in prompt or answer (vLLM; 1.0: none).",
+    )
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     max_tokens: int = Field(default=512, ge=16, description="Completion cap for free text.")
+    respond_max_tokens: int | None = Field(
+        default=None, ge=16, description="Cap on a first answer (unset: max_tokens)."
+    )
+    refine_max_tokens: int | None = Field(
+        default=None, ge=16, description="Cap on a refined answer (unset: max_tokens)."
+    )
+    synthesis_mode: Literal["list", "sampled"] = Field(
+        default="list",
+        description="list: each call returns a list of new instructions (JSON); sampled: each "
+        "completion is one instruction, n completions per request (small models).",
+    )
+    synthesis_oversample: float = Field(
+        default=1.0,
+        ge=1,
+        le=5,
+        description="Draft this many times the instructions needed, so those the validity "
+        "checks drop are replaced without another round.",
+    )
+    synthesis_max_tokens: int = Field(
+        default=160, ge=16, description="Cap per new instruction asked for."
+    )
+    analysis_max_tokens: int = Field(default=400, ge=16, description="Cap per analysis call.")
+    distill_max_tokens: int = Field(default=500, ge=16, description="Cap on distillation.")
+    feedback_max_tokens: int = Field(
+        default=300, ge=16, description="Cap on a sample's feedback (sample mode)."
+    )
     seed: int = Field(default=0, description="Base seed; each request derives its own.")
+
+    # --- sampling: the judge ----------------------------------------------------------------
+    judge_temperature: float = Field(default=0.0, ge=0, le=2)
+    judge_top_p: float | None = Field(default=None, gt=0, le=1)
+    judge_min_p: float | None = Field(default=None, ge=0, le=1)
+    judge_top_k: int | None = Field(default=None, ge=-1)
+    judge_repetition_penalty: float | None = Field(default=None, gt=0, le=3)
+    judge_frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    judge_presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+
+    # --- validity checks (before any judge call) --------------------------------------------
+    checks: bool = Field(
+        default=True,
+        description="Reject, before judging, instructions that copy the prompt or are not "
+        "requests, and answers that loop, ask back or restate the request (dataset/validity.py).",
+    )
+    relevance_min: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description="Reject an answer whose embedding similarity (all-MiniLM-L6-v2, cosine) "
+        "with its request is under this; unset: no relevance check.",
+    )
+    loop_rule: Literal["cut", "fail"] = Field(
+        default="cut",
+        description="An answer cut off at its token cap: cut (keep it up to the last complete "
+        "sentence before the loop or the cap, marked in the record) or fail the candidate.",
+    )
 
     # --- the metric judge ---------------------------------------------------------------
     judge_base_url: str | None = Field(
@@ -337,8 +462,35 @@ class RefedSettings(BaseSettings):
         "per_reference",
         "judge_bar",
         "max_revisions",
+        "profile",
+        "prompt_variants",
         "temperature",
+        "synthesis_temperature",
+        "feedback_temperature",
+        "top_p",
+        "min_p",
+        "top_k",
+        "repetition_penalty",
+        "frequency_penalty",
+        "presence_penalty",
+        "respond_max_tokens",
+        "refine_max_tokens",
+        "synthesis_mode",
+        "synthesis_oversample",
+        "synthesis_max_tokens",
+        "analysis_max_tokens",
+        "distill_max_tokens",
+        "feedback_max_tokens",
         "judge_temperature",
+        "judge_top_p",
+        "judge_min_p",
+        "judge_top_k",
+        "judge_repetition_penalty",
+        "judge_frequency_penalty",
+        "judge_presence_penalty",
+        "checks",
+        "relevance_min",
+        "loop_rule",
         "judge_model",
         "judge_backend",
         "judge_encoder",
@@ -357,6 +509,13 @@ class RefedSettings(BaseSettings):
         "decontam_ngram",
         "decontam_rouge",
     )
+
+    def apply_profile(self, values: dict[str, Any], name: str) -> RefedSettings:
+        """These settings with a profile's ``values`` under them: a field the user set (flag,
+        environment, config file) keeps its value; the others take the profile's."""
+        given = {k: getattr(self, k) for k in self.model_fields_set}
+        merged = {**values, **given, "profile": name}
+        return type(self).model_validate(merged)
 
     def fingerprint(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.OUTPUT_FIELDS}

@@ -14,7 +14,7 @@ from metric.data import Example
 
 
 def need_base() -> Path:
-    from metric.train import BaseModelMissing, base_folder
+    from dataset.embeddings import BaseModelMissing, base_folder
 
     try:
         return base_folder()

@@ -278,7 +278,8 @@ async def test_synthesis_reference_mode_one_call_per_feature(make_runtime: MakeR
     assert len({c.kwargs["seed"] for c in calls}) == 3
     insts: list[NewInstruction] = update["instructions"]
     assert [i.index for i in insts] == [0, 1, 2, 3, 4]
-    assert [i.feature for i in insts] == [FEATURES[0]] * 2 + [FEATURES[1]] * 2 + [FEATURES[2]]
+    # taken round-robin over the calls, so a short list still covers every feature
+    assert [i.feature for i in insts] == [*FEATURES, FEATURES[0], FEATURES[1]]
     assert len({i.text for i in insts}) == 5
     assert update["usage"].calls == 3
     assert update["usage"].feedback_calls == 0
@@ -382,7 +383,7 @@ async def test_synthesis_caps_at_per_reference(make_runtime: MakeRuntime) -> Non
     insts = update["instructions"]
     assert len(insts) == 4
     assert [i.index for i in insts] == [0, 1, 2, 3]
-    assert [i.feature for i in insts] == [FEATURES[0], FEATURES[0], FEATURES[1], FEATURES[2]]
+    assert [i.feature for i in insts] == [FEATURES[0], FEATURES[1], FEATURES[2], FEATURES[0]]
 
 
 async def test_synthesis_all_calls_failing_is_an_error(make_runtime: MakeRuntime) -> None:
@@ -529,7 +530,9 @@ async def test_self_critique_revision_adds_judge_notes(
 async def test_self_critique_refine_failure_keeps_feedback_and_usage(
     make_runtime: MakeRuntime,
 ) -> None:
-    runtime, script = make_runtime({"refine": ("cut", "length")}, feedback_mode="sample")
+    runtime, script = make_runtime(
+        {"refine": ("cut", "length")}, feedback_mode="sample", loop_rule="fail"
+    )
     update = await self_critique(candidate_state(feedback=None), runtime)
     assert update["error"] == "refine: length: answer cut off at max_tokens"
     assert [c.task for c in script.calls] == ["SampleFeedbackOut", "refine"]
@@ -537,6 +540,18 @@ async def test_self_critique_refine_failure_keeps_feedback_and_usage(
     assert "response" not in update
     usage: Usage = update["usage"]
     assert (usage.calls, usage.feedback_calls, usage.failed_calls) == (2, 1, 1)
+
+
+async def test_self_critique_unusable_refinement_keeps_the_answer_before_it(
+    make_runtime: MakeRuntime,
+) -> None:
+    """Under the cut rule a refinement cut off with nothing to keep is dropped, not fatal."""
+    runtime, script = make_runtime({"refine": ("cut", "length")}, feedback_mode="sample")
+    update = await self_critique(candidate_state(feedback=None), runtime)
+    assert "error" not in update
+    assert "response" not in update  # the first answer stands
+    assert update["refine_dropped"] == "refine: length: answer cut off at max_tokens"
+    assert update["sample_feedback"] == "- Clear.\n- Add an example."
 
 
 async def test_self_critique_sample_feedback_failure(make_runtime: MakeRuntime) -> None:

@@ -81,10 +81,11 @@ class _Counts:
     bench: dict[str, Counter[str]] = field(default_factory=dict)  # benchmark -> method/field
 
     def count(self, f: QualityFilter) -> None:
+        source = f.source or "?"
         if f.name == "near-duplicate":
-            self.near_dup[f.source] += 1
+            self.near_dup[source] += 1
         else:
-            c = self.bench.setdefault(f.source, Counter())
+            c = self.bench.setdefault(source, Counter())
             c["dropped"] += 1
             c[f"test:{f.method}"] += 1
             c[f"field:{f.field}"] += 1
@@ -195,7 +196,7 @@ class QualityGate:
             if sample.status == "accepted":
                 self.add(sample)
         for sample in rejected:
-            if sample.filter is not None:
+            if sample.filter is not None and sample.filter.is_gate:
                 self.counts.count(sample.filter)
         self.seconds += time.perf_counter() - started
 

@@ -1,0 +1,48 @@
+"""What happens to an answer between the LLM and the judge: a cut-off answer is cut back
+to its last complete sentence (or dropped), then the validity checks and, when set, the
+relevance check look at it.
+
+This module may import ``state`` and this package only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dataset.relevance import off_topic
+from dataset.validity import answer_problem, cut_answer
+from state.records import QualityFilter
+
+
+@dataclass(frozen=True)
+class Screened:
+    text: str
+    cut: Literal["loop", "cap"] | None = None
+    problem: QualityFilter | None = None
+    error: str | None = None
+    """The answer is unusable as it came (cut off with nothing to keep, under ``fail``)."""
+
+
+async def screen_answer(
+    text: str,
+    finish_reason: str | None,
+    request: str,
+    *,
+    checks: bool,
+    loop_rule: str,
+    relevance_min: float | None,
+) -> Screened:
+    """The answer as the judge will see it, or why it will not be judged."""
+    cut: Literal["loop", "cap"] | None = None
+    if finish_reason == "length":
+        kept = cut_answer(text) if loop_rule == "cut" else None
+        if kept is None:
+            return Screened(text, error="length: answer cut off at max_tokens")
+        text, cut = kept[0], kept[1]
+    if not checks:
+        return Screened(text, cut)
+    problem = answer_problem(text, request)
+    if problem is None and relevance_min is not None:
+        problem = await off_topic(request, text, relevance_min)
+    return Screened(text, cut, problem)
