@@ -7,6 +7,7 @@ This module may import ``state`` and this package only.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,19 @@ class Screened:
     """The answer is unusable as it came (cut off with nothing to keep, under ``fail``)."""
 
 
+_REVISION_NOTE = re.compile(
+    r"^\W*(?:sure|certainly|okay|ok)?\W*here(?:'s| is| are)\b[^\n]{0,40}?"
+    r"\b(?:revised|improved|updated|rewritten|refined|edited|better|new)\b[^\n]{0,80}?:[ \t]*\n+",
+    re.IGNORECASE,
+)
+"""A first line that announces a rewrite ("Here's a revised version of the advice:")."""
+
+
+def without_revision_note(text: str) -> str:
+    """A refined answer without the line announcing it, which is not part of the answer."""
+    return _REVISION_NOTE.sub("", text, count=1).lstrip() or text
+
+
 async def screen_answer(
     text: str,
     finish_reason: str | None,
@@ -32,9 +46,13 @@ async def screen_answer(
     checks: bool,
     loop_rule: str,
     relevance_min: float | None,
+    refined: bool = False,
 ) -> Screened:
-    """The answer as the judge will see it, or why it will not be judged."""
+    """The answer as the judge will see it, or why it will not be judged. A ``refined``
+    answer loses a first line that only announces the rewrite."""
     cut: Literal["loop", "cap"] | None = None
+    if refined:
+        text = without_revision_note(text)
     if finish_reason == "length":
         kept = cut_answer(text) if loop_rule == "cut" else None
         if kept is None:

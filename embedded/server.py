@@ -230,6 +230,9 @@ class EmbeddedServer:
             "--max-model-len",
             str(self._max_model_len),
             "--enforce-eager",
+            # A seeded request whose prefill is split over steps crashes vLLM's CPU worker
+            # ("CPU Generator does not use offset"); Refed seeds every request.
+            "--no-enable-chunked-prefill",
             "--structured-outputs-config",
             json.dumps(structured),
             "--disable-uvicorn-access-log",

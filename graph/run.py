@@ -27,6 +27,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 
 import prompts
+from dataset.embeddings import BaseModelMissing, base_folder
 from graph.builder import compile_graph
 from graph.checkpoint import sqlite_saver
 from graph.endpoint import llm_endpoint
@@ -42,6 +43,7 @@ from nodes.circuit import CircuitBreaker, CircuitOpen
 from nodes.llm import LLMClient, Meter, register_client, unregister_client
 from state.context import RefedContext
 from state.graph_state import ReferenceState
+from state.profile import ProfileError
 from state.records import (
     Candidate,
     Judgement,
@@ -112,6 +114,17 @@ async def run_thread(
             if update:
                 on_update(node, update)
     return dict((await app.aget_state(cfg)).values)
+
+
+def check_relevance_model(settings: RefedSettings) -> None:
+    """With a relevance check, its embedding model must be installed: say so before the run."""
+    if settings.relevance_min is not None:
+        try:
+            base_folder()
+        except BaseModelMissing as exc:
+            raise BaseModelMissing(
+                f"relevance_min is set, but {exc}; or unset relevance_min"
+            ) from None
 
 
 def reference_score(values: dict[str, Any]) -> float | None:
@@ -547,6 +560,14 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.seeds:
         print("error: --seeds is required (a seed file, folder or hf:NAME)", file=sys.stderr)
         return 2
+    try:
+        settings = prompts.resolve_profile(settings)
+        check_relevance_model(settings)
+    except (ProfileError, BaseModelMissing) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if settings.profile:
+        print(f"profile: {settings.profile}", file=sys.stderr)
     try:
         settings.out.mkdir(parents=True, exist_ok=True)
         configure_logging(settings.out / "log.jsonl", level=settings.log_level)

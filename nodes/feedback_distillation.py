@@ -46,6 +46,7 @@ async def feedback_distillation(
             max_tokens=ctx.distill_max_tokens,
             seed=derive_seed(ctx.seed, ref.id, "distill_feedback"),
             fmt=prompt.format,
+            line_max_chars=ctx.line_max_chars,
             sampling=ctx.sampling(),
         )
     except LLMError as exc:

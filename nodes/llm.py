@@ -561,10 +561,14 @@ class LLMClient:
         logprobs: int | None = None,
         fmt: Literal["json", "lines"] = "json",
         sampling: Mapping[str, Any] | None = None,
+        line_max_chars: int | None = None,
     ) -> Reply[T]:
         """An answer in ``schema``: JSON by schema, or (``fmt="lines"``) labelled lines held
-        to a regular expression (:mod:`state.line_format`), for small models."""
-        params = _structured_params(schema, fmt, temperature, max_tokens, seed, sampling)
+        to a regular expression (:mod:`state.line_format`; no value over ``line_max_chars``),
+        for small models."""
+        params = _structured_params(
+            schema, fmt, temperature, max_tokens, seed, sampling, line_max_chars
+        )
         if logprobs:
             params.update(logprobs=True, top_logprobs=logprobs)
 
@@ -586,10 +590,13 @@ class LLMClient:
         seed: int | None = None,
         fmt: Literal["json", "lines"] = "json",
         sampling: Mapping[str, Any] | None = None,
+        line_max_chars: int | None = None,
     ) -> Reply[list[T]]:
         """``n`` answers to one request (the prompt is processed once). Answers that are
         cut off or malformed are dropped; the call fails only when none is usable."""
-        params = _structured_params(schema, fmt, temperature, max_tokens, seed, sampling)
+        params = _structured_params(
+            schema, fmt, temperature, max_tokens, seed, sampling, line_max_chars
+        )
         params["n"] = n
 
         def parse(done: Completion) -> list[T]:
@@ -616,10 +623,11 @@ def _structured_params(
     max_tokens: int,
     seed: int | None,
     sampling: Mapping[str, Any] | None,
+    line_max_chars: int | None,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {**(sampling or {})}
     if fmt == "lines":
-        params["structured_outputs"] = {"regex": line_regex(schema)}
+        params["structured_outputs"] = {"regex": line_regex(schema, line_max_chars)}
     else:
         params["response_format"] = json_schema_format(schema)
     params.update(temperature=temperature, max_tokens=max_tokens, seed=seed)

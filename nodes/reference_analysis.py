@@ -41,6 +41,7 @@ async def reference_analysis(
             task="analyze_instruction",
             seed=derive_seed(ctx.seed, ref.id, "analyze_instruction"),
             fmt=about_instruction.format,
+            line_max_chars=ctx.line_max_chars,
             **common,
         ),
         llm.structured(
@@ -49,6 +50,7 @@ async def reference_analysis(
             task="analyze_response",
             seed=derive_seed(ctx.seed, ref.id, "analyze_response"),
             fmt=about_response.format,
+            line_max_chars=ctx.line_max_chars,
             **common,
         ),
         return_exceptions=True,

@@ -52,6 +52,7 @@ async def self_critique(state: CandidateState, runtime: Runtime[RefedContext]) -
                     max_tokens=ctx.feedback_max_tokens,
                     seed=derive_seed(ctx.seed, ref.id, "sample_feedback", inst.index),
                     fmt=prompt.format,
+                    line_max_chars=ctx.line_max_chars,
                     sampling=ctx.sampling(),
                 )
             except LLMError as exc:
@@ -87,6 +88,7 @@ async def self_critique(state: CandidateState, runtime: Runtime[RefedContext]) -
         checks=ctx.checks,
         loop_rule=ctx.loop_rule,
         relevance_min=ctx.relevance_min,
+        refined=True,
     )
     update["usage"] = usage + reply.usage
     if seen.problem is not None:

@@ -104,6 +104,7 @@ async def synthesis(state: ReferenceState, runtime: Runtime[RefedContext]) -> di
                 max_tokens=ctx.synthesis_max_tokens,
                 seed=seed,
                 fmt=fmt,
+                line_max_chars=ctx.line_max_chars,
                 sampling=ctx.sampling(),
             )
             return (many.usage, [one.instruction for one in many.value]), _prompt_text(messages)
@@ -115,6 +116,7 @@ async def synthesis(state: ReferenceState, runtime: Runtime[RefedContext]) -> di
             max_tokens=ctx.synthesis_max_tokens * drafts + 32,
             seed=seed,
             fmt=fmt,
+            line_max_chars=ctx.line_max_chars,
             sampling=ctx.sampling(),
         )
         texts = list(listed.value.instructions[:drafts])

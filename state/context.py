@@ -60,6 +60,8 @@ class RefedContext:
     max_tokens: int = _default("max_tokens")
     respond_max_tokens: int | None = _default("respond_max_tokens")
     refine_max_tokens: int | None = _default("refine_max_tokens")
+    line_max_chars: int | None = _default("line_max_chars")
+    """Longest value of a structured answer in the line form."""
     synthesis_mode: str = _default("synthesis_mode")
     """list: one call returns several instructions; sampled: n completions of one each."""
     synthesis_oversample: float = _default("synthesis_oversample")

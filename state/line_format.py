@@ -66,7 +66,7 @@ def _item_info(annotation: Any) -> tuple[Any, FieldInfo | None]:
     return getattr(annotation, "__origin__", annotation), info
 
 
-def _value_regex(info: FieldInfo) -> str:
+def _value_regex(info: FieldInfo, cap: int | None) -> str:
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     if "line_pattern" in extra:
         return f"({extra['line_pattern']})"
@@ -81,21 +81,29 @@ def _value_regex(info: FieldInfo) -> str:
         if item_type is not str:
             raise TypeError("line format: lists of strings only")
         ilo, ihi = _bounds(item_info) if item_info is not None else (None, None)
-        item = _text(ilo, ihi, in_list=True)
+        item = _text(ilo, _capped(ihi, cap), in_list=True)
         lo, hi = _bounds(info)
         lo, hi = max(1, lo or 1), max(1, hi or 5)
         sep = _escape(ITEM_SEPARATOR)
         return f"{item}({sep}{item}){{{lo - 1},{hi - 1}}}"
     if annotation is str:
-        return _text(*_bounds(info), in_list=False)
+        lo, hi = _bounds(info)
+        return _text(lo, _capped(hi, cap), in_list=False)
     raise TypeError(f"line format: unsupported field type {annotation!r}")
 
 
+def _capped(limit: int | None, cap: int | None) -> int | None:
+    if cap is None:
+        return limit
+    return cap if limit is None else min(limit, cap)
+
+
 @cache
-def line_regex(schema: type[BaseModel]) -> str:
-    """The regular expression a whole answer in ``schema``'s line form matches."""
+def line_regex(schema: type[BaseModel], max_chars: int | None = None) -> str:
+    """The regular expression a whole answer in ``schema``'s line form matches; with
+    ``max_chars`` no value (or list item) is longer than that, whatever the schema allows."""
     lines = [
-        _escape(label(name, info)) + ": " + _value_regex(info)
+        _escape(label(name, info)) + ": " + _value_regex(info, max_chars)
         for name, info in schema.model_fields.items()
     ]
     return "\\n".join(lines)

@@ -22,22 +22,23 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Titles are the labels of the line form (state/line_format.py).
 class InstructionAnalysisOut(_Out):
-    subject_areas: list[Short] = Field(min_length=1, max_length=3)
-    skills: list[Short] = Field(min_length=1, max_length=3)
-    clarity: Line
+    subject_areas: list[Short] = Field(min_length=1, max_length=3, title="Topics")
+    skills: list[Short] = Field(min_length=1, max_length=3, title="Skills")
+    clarity: Line = Field(title="Clarity")
 
 
 class ResponseAnalysisOut(_Out):
-    content: Line
-    communication: Line
-    alignment: Line
-    improvements: list[Line] = Field(min_length=1, max_length=3)
+    content: Line = Field(title="Content")
+    communication: Line = Field(title="Form")
+    alignment: Line = Field(title="Fit")
+    improvements: list[Line] = Field(min_length=1, max_length=3, title="Could improve")
 
 
 class DistilledFeedbackOut(_Out):
-    instruction_guidance: list[Line] = Field(min_length=1, max_length=4)
-    response_guidance: list[Line] = Field(min_length=1, max_length=4)
+    instruction_guidance: list[Line] = Field(min_length=1, max_length=4, title="For requests")
+    response_guidance: list[Line] = Field(min_length=1, max_length=4, title="For answers")
 
 
 class InstructionsOut(_Out):
@@ -65,8 +66,8 @@ class OneInstructionOut(_Out):
 
 
 class SampleFeedbackOut(_Out):
-    strengths: Line
-    improvements: list[Line] = Field(min_length=1, max_length=3)
+    strengths: Line = Field(title="Strengths")
+    improvements: list[Line] = Field(min_length=1, max_length=3, title="Could improve")
 
 
 class JudgeOut(_Out):

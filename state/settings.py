@@ -209,6 +209,12 @@ class RefedSettings(BaseSettings):
     refine_max_tokens: int | None = Field(
         default=None, ge=16, description="Cap on a refined answer (unset: max_tokens)."
     )
+    line_max_chars: int | None = Field(
+        default=None,
+        ge=8,
+        description="Structured answers in the line form (prompt variants that use it): no "
+        "value longer than this many characters, so a small model cannot ramble to the cap.",
+    )
     synthesis_mode: Literal["list", "sampled"] = Field(
         default="list",
         description="list: each call returns a list of new instructions (JSON); sampled: each "
@@ -475,6 +481,7 @@ class RefedSettings(BaseSettings):
         "presence_penalty",
         "respond_max_tokens",
         "refine_max_tokens",
+        "line_max_chars",
         "synthesis_mode",
         "synthesis_oversample",
         "synthesis_max_tokens",

@@ -546,7 +546,7 @@ async def test_self_critique_unusable_refinement_keeps_the_answer_before_it(
     make_runtime: MakeRuntime,
 ) -> None:
     """Under the cut rule a refinement cut off with nothing to keep is dropped, not fatal."""
-    runtime, script = make_runtime({"refine": ("cut", "length")}, feedback_mode="sample")
+    runtime, _script = make_runtime({"refine": ("cut", "length")}, feedback_mode="sample")
     update = await self_critique(candidate_state(feedback=None), runtime)
     assert "error" not in update
     assert "response" not in update  # the first answer stands
