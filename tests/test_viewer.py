@@ -30,6 +30,7 @@ from graph.ledger import Ledger
 from graph.quality import QualityGate
 from graph.report import write_report
 from graph.runfolder import Manifest
+from graph.viewer import write_viewer
 from graph.viewer.data import pack, read_jsonl, viewer_data
 from state.records import Sample
 
@@ -439,6 +440,26 @@ def test_blobs_decode_to_the_run(fake_run: Path) -> None:
         (copy / name).write_bytes((fake_run / name).read_bytes())
     (copy / "run.json").write_text(json.dumps(raw))
     assert viewer_data(load_run(copy)).meta["run"]["profile"]["name"] == "short-answers"
+
+
+def test_fields_added_to_run_json_are_shown(browser: Chromium, fake_run: Path) -> None:
+    """run.json fields the viewer has no place for (a generation profile, sampling
+    settings of newer versions) are shown, not dropped; a profile by its name."""
+    raw = json.loads((fake_run / "run.json").read_text())
+    raw["profile"] = {"name": "short-answers", "temperature": 0.3}
+    raw["sampling"] = {"top_p": 0.95}
+    copy = fake_run.parent / "with-fields"
+    copy.mkdir(exist_ok=True)
+    for name in ("samples.jsonl", "rejected.jsonl", "feedback.jsonl", "references.jsonl"):
+        (copy / name).write_bytes((fake_run / name).read_bytes())
+    (copy / "run.json").write_text(json.dumps(raw))
+    write_viewer(load_run(copy), copy / "report")
+    tab = _open(browser, copy / "report" / "index.html")
+    assert tab.evaluate("document.querySelector('[data-fact=profile]').textContent") == (
+        "short-answers"
+    )
+    settings = tab.evaluate("document.getElementById('settings').textContent")
+    assert "top_p" in settings and "0.95" in settings and "temperature" in settings
 
 
 def test_a_bad_feedback_line_is_named(tmp_path: Path) -> None:
