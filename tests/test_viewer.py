@@ -251,10 +251,14 @@ def test_sample_and_reference_link_both_ways(browser: Chromium, fake_run: Path) 
     sample = samples[3]
     siblings = {s.sample_id for s in samples if s.reference_id == sample.reference_id}
     tab = _open(browser, fake_run / "report" / "index.html")
-    tab.evaluate(
-        f"document.querySelector('#list .card[data-id={json.dumps(sample.sample_id)}] .ref-link')"
-        ".click()"
+    card = f"document.querySelector('#list .card[data-id={json.dumps(sample.sample_id)}]')"
+    # The card holds its reference too, read when opened.
+    tab.evaluate(f"{card}.querySelector('details.ref-box').open = true")
+    shown = tab.wait_for(
+        f"{card}.querySelector('.ref-box [data-field=ref_instruction]')?.textContent"
     )
+    assert shown == sample.provenance.reference_instruction
+    tab.evaluate(f"{card}.querySelector('.ref-link').click()")
     _settle(tab)
     assert tab.evaluate("location.hash") == f"#ref={sample.reference_id}"
     view = "document.getElementById('detail')"

@@ -430,8 +430,9 @@
       el('span', { cls: 'judge', text: 'judge ' + num(cols.mean[i], 2) }),
       feature ? el('span', { cls: 'muted' }, 'feature: ', marked(feature)) : null,
       el('a', { cls: 'ref-link', href: refHref(refId), text: 'reference ' + refId }),
-      el('span', { cls: 'muted small', text: `${C.revisions[i]} revisions · ${num(C.calls[i])} `
-        + `calls · ${num(C.tokens[i])} tokens` }));
+      el('span', { cls: 'muted small', text: `${C.revisions[i]} revision`
+        + `${C.revisions[i] === 1 ? '' : 's'} · ${num(C.calls[i])} calls · `
+        + `${num(C.tokens[i])} tokens` }));
     return el('article', { cls: 'card' + (focus ? ' focus' : ''), data: { id, status: st } },
       head,
       reason ? el('p', { cls: 'reason', data: { field: 'reason' } }, marked(reason)) : null,
@@ -442,7 +443,8 @@
       rationale ? [label('Judge rationale'), textBlock(rationale, 'rationale')] : null,
       judgeLine(judge),
       feedback ? [label('Sample feedback'), textBlock(feedback, 'sample_feedback')] : null,
-      extra ? [label('Other fields'), kvTable(extra)] : null);
+      extra ? [label('Other fields'), kvTable(extra)] : null,
+      refBox(cols.ref[i]));
   }
 
   // ------------------------------------------------------- generic values
@@ -625,6 +627,50 @@
     detail.replaceChildren(backLink(), card(i, row, true));
   }
 
+  // A reference: its texts, the feedback collected on it, and its done marker.
+  function refBody(instruction, response, feedback, done) {
+    const fb = feedback || {};
+    const known = ['reference_id', 'instruction', 'response', 'instruction_guidance',
+      'response_guidance', 'usage'];
+    const restFb = Object.fromEntries(Object.entries(fb).filter(([k]) => !known.includes(k)));
+    return [
+      done && done.error ? el('p', { cls: 'reason', text: done.error }) : null,
+      label('Reference instruction'),
+      instruction ? textBlock(instruction, 'ref_instruction')
+        : el('p', { cls: 'muted', text: '(in no sample: it produced none)' }),
+      label('Reference response'),
+      response ? textBlock(response, 'ref_response') : el('p', { cls: 'muted', text: '–' }),
+      feedback ? [
+        el('h3', { text: 'Feedback on the reference' }),
+        fb.instruction ? [label('Instruction'), kvTable(fb.instruction)] : null,
+        fb.response ? [label('Response'), kvTable(fb.response)] : null,
+        fb.instruction_guidance
+          ? [label('Guidance for new instructions'), valueNode(fb.instruction_guidance)] : null,
+        fb.response_guidance
+          ? [label('Guidance for responses'), valueNode(fb.response_guidance)] : null,
+        Object.keys(restFb).length ? [label('More'), kvTable(restFb)] : null,
+        fb.usage ? el('div', { cls: 'small muted', text: 'feedback usage: ' + plain(fb.usage) })
+          : null,
+      ] : el('p', { cls: 'muted', text: 'No feedback recorded for this reference.' }),
+      done && done.usage
+        ? el('div', { cls: 'small muted', text: 'reference usage: ' + plain(done.usage) }) : null,
+    ];
+  }
+
+  // In a card: the reference, read when the reader opens it.
+  function refBox(r) {
+    const box = el('details', { cls: 'ref-box' },
+      el('summary', { text: `Reference ${M.refs.id[r]} and its feedback` }));
+    box.addEventListener('toggle', async () => {
+      if (!box.open || box.dataset.filled) return;
+      box.dataset.filled = '1';
+      const [instruction, response, feedback, done] = await refRow(r);
+      box.append(...refBody(instruction, response, feedback, done).flat(Infinity).filter(Boolean),
+        el('p', null, el('a', { href: refHref(M.refs.id[r]), text: 'its page, with all its candidates' })));
+    });
+    return box;
+  }
+
   async function showRef(id) {
     const r = refIndex.get(id);
     const detail = $('detail');
@@ -636,10 +682,6 @@
     const members = [];
     for (let i = 0; i < n; i++) if (cols.ref[i] === r) members.push(i);
     const rows = await Promise.all(members.map((i) => sampleRow(i)));
-    const fb = feedback || {};
-    const known = ['reference_id', 'instruction', 'response', 'instruction_guidance',
-      'response_guidance', 'usage'];
-    const restFb = Object.fromEntries(Object.entries(fb).filter(([k]) => !known.includes(k)));
     detail.replaceChildren(
       backLink(),
       el('article', { cls: 'card focus', data: { ref: id } },
@@ -648,22 +690,7 @@
             + 'rejected or failed' }) : el('span', { cls: 'muted', text: 'not finished' }),
           el('button', { type: 'button', text: `list its ${members.length} candidates`,
             onclick: () => setFilters({ ref: id }) })),
-        done && done.error ? el('p', { cls: 'reason', text: done.error }) : null,
-        label('Reference instruction'),
-        instruction ? textBlock(instruction, 'ref_instruction')
-          : el('p', { cls: 'muted', text: '(in no sample: it produced none)' }),
-        label('Reference response'),
-        response ? textBlock(response, 'ref_response') : el('p', { cls: 'muted', text: '–' }),
-        feedback ? [
-          el('h3', { text: 'Feedback on the reference' }),
-          fb.instruction ? [label('Instruction'), kvTable(fb.instruction)] : null,
-          fb.response ? [label('Response'), kvTable(fb.response)] : null,
-          fb.instruction_guidance ? [label('Guidance for new instructions'), valueNode(fb.instruction_guidance)] : null,
-          fb.response_guidance ? [label('Guidance for responses'), valueNode(fb.response_guidance)] : null,
-          Object.keys(restFb).length ? [label('More'), kvTable(restFb)] : null,
-          fb.usage ? el('div', { cls: 'small muted', text: 'feedback usage: ' + plain(fb.usage) }) : null,
-        ] : el('p', { cls: 'muted', text: 'No feedback recorded for this reference.' }),
-        done && done.usage ? el('div', { cls: 'small muted', text: 'reference usage: ' + plain(done.usage) }) : null,
+        refBody(instruction, response, feedback, done),
         el('h3', { text: `Its candidates (${members.length})` }),
         el('table', { cls: 'list' }, members.map((i, k) => el('tr', { data: { id: C.id[i] } },
           el('td', null, el('a', { cls: 'sid', href: sampleHref(C.id[i]), text: C.id[i] })),
