@@ -473,3 +473,12 @@ def test_a_bad_feedback_line_is_named(tmp_path: Path) -> None:
         read_jsonl(path)
     path.write_text('{"reference_id": "a"}\n{"reference_id": "b", "instr')  # torn by a crash
     assert [r["reference_id"] for r in read_jsonl(path)] == ["a"]
+
+
+def test_an_empty_run_opens(browser: Chromium, tmp_path: Path) -> None:
+    run = write_run(tmp_path / "empty", [], [])
+    write_viewer(load_run(run), run / "report")
+    tab = _open(browser, run / "report" / "index.html")
+    assert tab.evaluate("document.querySelector('[data-count=candidates]').textContent") == "0"
+    assert tab.evaluate("document.getElementById('list').textContent") == "No candidate matches."
+    assert tab.errors() == []
