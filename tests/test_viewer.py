@@ -43,15 +43,31 @@ PLANTED = 'Planted: why do <b>tide pools</b> & rock pools differ? <img src="http
 PLANTED_WORDS = "tide pools</b> & rock"
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Chromium]:
-    if find_chromium() is None:
+def require_chromium() -> str:
+    """Chromium's path; without it the test skips, or fails under CI=true."""
+    found = find_chromium()
+    if found is None:
         reason = "Chromium not found (apt-get install chromium, or set REFED_CHROMIUM)"
         if on_ci():
             pytest.fail(f"CI=true but {reason}")
         pytest.skip(reason)
-    with Chromium() as chromium:
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Chromium]:
+    with Chromium(require_chromium()) as chromium:
         yield chromium
+
+
+def test_without_chromium_skip_or_fail_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFED_CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="Chromium not found"):
+        require_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true but Chromium not found"):
+        require_chromium()
 
 
 def _fake_run(out: Path, *extra: str) -> None:
@@ -198,6 +214,10 @@ def test_counts_equal_run_json(browser: Chromium, fake_run: Path) -> None:
     assert facts["model"] == "fake" and facts["mode"] == "reference"
     assert facts["judge bar"].startswith("mean ≥ 3")
     assert tab.evaluate("document.querySelectorAll('#plots img').length") == 4
+    report = json.loads((fake_run / "report" / "report.json").read_text())
+    rate = tab.evaluate("document.querySelector('[data-stat=\"acceptance rate\"]').textContent")
+    assert rate == f"{100 * report['accepted'] / report['samples']:.1f}%"
+    assert report["accepted"] == stats.accepted
     assert tab.errors() == []
 
 
@@ -350,6 +370,15 @@ def test_sort_and_filters_on_real_text(browser: Chromium, real_text_run: Path) -
     want = sorted((s.judgement.mean for s in samples if s.judgement), reverse=True)
     assert means == pytest.approx(want, abs=0.0051)  # shown with two decimals
     assert len(means) == len(samples) > 170  # every page was visited
+
+    _choose(tab, "sort", "helpfulness, low first")
+    lowest = tab.evaluate(
+        "[...document.querySelectorAll('#list .card')[0].querySelectorAll('.scores tr')]"
+        ".find(r => r.cells[0].textContent === 'helpfulness').cells[1].textContent"
+    )
+    helpfulness = [s.judgement.scores["helpfulness"] for s in samples if s.judgement]
+    assert float(lowest) == pytest.approx(min(helpfulness), abs=0.0051)
+    _choose(tab, "sort", "by reference")
 
     _choose(tab, "f-feature", "math")
     assert {row[0] for row in _listed(tab)} == {s.sample_id for s in samples if s.feature == "math"}

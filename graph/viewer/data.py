@@ -147,6 +147,28 @@ def _filter_name(flt: dict[str, Any] | None) -> str | None:
     return f"{name} ({source})" if source else str(name)
 
 
+def _row(record: dict[str, Any]) -> list[Any]:
+    """A sample's texts and nested parts (``record``: its JSON form)."""
+    judgement = record.get("judgement") or {}
+    provenance = record.get("provenance") or {}
+    extra = {k: v for k, v in record.items() if k not in _KNOWN}
+    extra.update(
+        {f"provenance.{k}": v for k, v in provenance.items() if k not in _PROVENANCE_RUN_LEVEL}
+    )
+    judge = {k: v for k, v in judgement.items() if k not in ("scores", "rationale", "mean")}
+    return [
+        record.get("instruction"),
+        record.get("first_response"),
+        record.get("response"),
+        judgement.get("rationale") or None,
+        record.get("sample_feedback"),
+        record.get("reason"),
+        record.get("filter"),
+        judge or None,
+        extra or None,
+    ]
+
+
 def viewer_data(run: RunData, report: dict[str, Any] | None = None) -> ViewerData:
     """Everything the page shows of ``run`` (``report``: graph.report's numbers)."""
     everything = [*run.accepted, *run.rejected]
@@ -209,24 +231,7 @@ def viewer_data(run: RunData, report: dict[str, Any] | None = None) -> ViewerDat
                 provenance.get("reference_response") or "",
             ),
         )
-        extra = {k: v for k, v in record.items() if k not in _KNOWN}
-        extra.update(
-            {f"provenance.{k}": v for k, v in provenance.items() if k not in _PROVENANCE_RUN_LEVEL}
-        )
-        judge = {k: v for k, v in judgement.items() if k not in ("scores", "rationale", "mean")}
-        rows.append(
-            [
-                sample.instruction,
-                sample.first_response,
-                sample.response,
-                judgement.get("rationale") or None,
-                sample.sample_feedback,
-                sample.reason,
-                flt,
-                judge or None,
-                extra or None,
-            ]
-        )
+        rows.append(_row(record))
     cols["scores"] = scores
 
     references: list[list[Any]] = []

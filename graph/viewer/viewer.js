@@ -529,6 +529,25 @@
     $('usage').replaceChildren(...usageRows.filter(([, v]) => v !== undefined).map(([k, v]) =>
       el('tr', null, el('td', { text: k }), el('td', { data: { usage: k }, text: num(v) }))));
 
+    const report = M.report;
+    if (report) {
+      const pick = (object, ...path) => path.reduce((o, k) => (o == null ? undefined : o[k]), object);
+      const dataset = [
+        ['acceptance rate', report.acceptance_rate == null ? undefined
+          : `${(100 * report.acceptance_rate).toFixed(1)}%`],
+        ['judge mean, median', pick(report, 'scores_accepted', 'mean', 'median')],
+        ['distinct-1 / distinct-2', pick(report, 'diversity', 'distinct_1') === undefined ? undefined
+          : `${num(report.diversity.distinct_1, 3)} / ${num(report.diversity.distinct_2, 3)}`],
+        ['unique instructions', pick(report, 'diversity', 'unique_instructions')],
+        ['instruction tokens, median', pick(report, 'diversity', 'length_tokens', 'median')],
+        ['response tokens, median', pick(report, 'response_length_tokens', 'median')],
+        ['ROUGE-L with its seed, median', pick(report, 'rouge_l_with_own_seed', 'median')],
+      ].filter(([, v]) => v !== undefined);
+      $('dataset').replaceChildren(...dataset.map(([k, v]) =>
+        el('tr', null, el('td', { text: k }), el('td', { data: { stat: k }, text: num(v) }))));
+      $('dataset-box').hidden = !dataset.length;
+    }
+
     const q = M.quality;
     if (q && q.checked !== undefined) {
       const nd = q.near_duplicate || {}; const dc = q.decontamination || {};
