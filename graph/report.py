@@ -9,7 +9,10 @@ Writes ``RUN_DIR/report/`` (or ``--out``): ``report.md`` (the page), ``report.js
   and each criterion's scores of the accepted ones;
 - ``lengths.png``: instruction and response lengths (tokens) of accepted samples, and
   each instruction's ROUGE-L with its own seed instruction;
-- ``words.png``: the most common first words and leading words of the instructions.
+- ``words.png``: the most common first words and leading words of the instructions;
+- ``index.html``: the run viewer (graph/viewer), one self-contained page to browse every
+  candidate with its reference, filter, sort and search them; it opens from disk and
+  makes no request.
 
 Diversity: distinct-1/2 are corpus-level (unique n-grams over all n-grams of the
 accepted instructions). "Leading word" is the first word after lead-ins such as
@@ -38,6 +41,7 @@ from graph.dataset_stats import (
     score_stats,
 )
 from graph.quality.text import tokens
+from graph.viewer import write_viewer
 
 __all__ = ["build_report", "main", "write_report"]
 
@@ -282,6 +286,7 @@ def write_report(run_dir: Path, out: Path | None = None, *, plots: bool = True) 
     made = _plots(run, report, out) if plots and run.accepted else []
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (out / "report.md").write_text(markdown(report, made), encoding="utf-8")
+    write_viewer(run, out, report=report, plots=made)
     return out
 
 
@@ -305,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    print(f"report written to {out / 'report.md'}", file=sys.stderr)
+    print(
+        f"report written to {out / 'report.md'}; browse the samples: {out / 'index.html'}",
+        file=sys.stderr,
+    )
     return 0
 
 
