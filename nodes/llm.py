@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from langchain_core.messages import AIMessage
 from pydantic import BaseModel, ValidationError
 
 from nodes.circuit import CircuitBreaker
+from nodes.stops import REFUSING_STATUSES, ServerRefused
 from state.context import RefedContext
 from state.records import Usage
 
@@ -149,6 +151,29 @@ _RETRYABLE_STATUS = frozenset({408, 409})
 
 def _retryable_status(status: int) -> bool:
     return status == 429 or status >= 500 or status in _RETRYABLE_STATUS
+
+
+_CONTEXT_LENGTH = re.compile(
+    r"maximum context length|context[_ ]length[_ ]exceeded|max_model_len|"
+    r"reduce the length of the (messages|prompt)",
+    re.IGNORECASE,
+)
+"""The server's "prompt too long for the model" error (vLLM's words, and OpenAI's code):
+the same request fails the same way every time, whatever status it came with."""
+
+
+def context_length_error(text: str) -> bool:
+    return _CONTEXT_LENGTH.search(text) is not None
+
+
+_UNAVAILABLE_STATUS = frozenset({429, 502, 503, 504})
+"""Statuses that say the server (or the proxy before it) could not take the request."""
+
+
+def server_unavailable(exc: TransportError) -> bool:
+    """``exc`` says the server is away or overloaded (no answer, 429, 502-504), not that
+    it answered this request with an error (a 500 it gives every time, an unreadable body)."""
+    return exc.kind in ("connection", "timeout") or exc.status in _UNAVAILABLE_STATUS
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -270,7 +295,9 @@ def _status_error(status: int, raw: bytes, retry_after: float | None) -> Transpo
         detail = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
     except ValueError:
         pass
-    retryable = _retryable_status(status)
+    retryable = _retryable_status(status) and not context_length_error(
+        raw[:2000].decode("utf-8", "replace")
+    )
     message = f"HTTP {status}: {detail}"
     if retryable:
         name = _OPENAI_ERROR_NAMES.get(status, "InternalServerError")
@@ -327,7 +354,8 @@ class ChatModelTransport:
             raise TransportError(
                 kind,
                 f"{type(exc).__name__}: {exc}",
-                retryable=True,
+                retryable=not context_length_error(str(exc)),
+                status=getattr(exc, "status_code", None),
                 retry_after=_retry_after(exc),
             ) from exc
         except openai.APIStatusError as exc:
@@ -432,9 +460,11 @@ class LLMClient:
         """Send with retries; ``parse(completion)`` returns the value or raises LLMError.
 
         With a circuit breaker, a call whose retries are used up goes on retrying while
-        no request at all was answered between its last two failures (the server is down,
+        the server is away (no answer, 429, 502-504: :func:`server_unavailable`) and no
+        request at all was answered between its last two failures (the server is down,
         not just this request), until it gets an answer or the breaker opens and raises
-        ``CircuitOpen``.
+        ``CircuitOpen``. A status that no retry gets past for any request (401, 403,
+        404) raises :class:`~nodes.stops.ServerRefused` at once: the run stops.
         """
         usage = Usage(feedback_calls=1 if feedback else 0)
         last: LLMError | None = None
@@ -450,6 +480,8 @@ class LLMClient:
                 done = await self._invoke(messages, params)
             except TransportError as exc:
                 usage.failed_calls += 1
+                if exc.status in REFUSING_STATUSES:
+                    raise ServerRefused(exc.status, exc.message) from exc
                 last = LLMError(exc.kind, exc.message, usage)
                 if not exc.retryable:
                     raise last from exc
@@ -462,6 +494,7 @@ class LLMClient:
                 elif (
                     circuit is not None
                     and previous_failure is not None
+                    and server_unavailable(exc)
                     and not circuit.answered_since(previous_failure)
                 ):
                     await self._backoff(attempt, exc.retry_after, circuit.remaining())
