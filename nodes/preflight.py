@@ -30,7 +30,7 @@ from nodes.stops import KEY_ADVICE, PreflightFailed, served_list
 
 log = structlog.get_logger("refed.preflight")
 
-CONNECT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 4.0
 """Seconds to open a connection to an endpoint before calling it unreachable."""
 
 Problem = Literal["unreachable", "refused", "answer", "model"]
