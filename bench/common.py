@@ -7,6 +7,7 @@ process and reports its own CPU at ``/stats``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,28 @@ def cpu_pressure() -> float | None:
         return float(first.split("avg10=")[1].split()[0])
     except (OSError, IndexError, ValueError):
         return None
+
+
+@contextlib.contextmanager
+def blackhole() -> Iterator[str]:
+    """A base URL whose connections never open (the accept queue of its port is full), as
+    to a host behind a firewall that drops them."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    held = [server]
+    try:
+        for _ in range(3):
+            c = socket.socket()
+            held.append(c)
+            c.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                c.connect(("127.0.0.1", port))
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        for s in held:
+            s.close()
 
 
 def free_port() -> int:

@@ -17,10 +17,12 @@
   time, say a prompt that trips a server bug, fails its candidate and nothing else).
   After ``eject_after`` different requests failed in a row with no answer between,
   the endpoint is probed, and ejected only if the probe fails too. A 429, or a 503
-  with ``Retry-After``, is "busy", never "broken". A request that failed the same way
-  (same status, same message) on two endpoints is not sent further nor retried: the
-  request is at fault. A 401, 403 or 404 raises :class:`~nodes.stops.ServerRefused`
-  (the models the endpoint serves listed for a 404): the run stops;
+  with ``Retry-After``, is "busy", never "broken". A request that got the same error
+  answer (same status, same message) from two endpoints, or twice from one that
+  answered other requests in between, is not sent again: the request is at fault, and
+  its candidate fails with that answer. A 401, 403 or 404 raises
+  :class:`~nodes.stops.ServerRefused` (the models the endpoint serves listed for a
+  404): the run stops;
 - **adapts its limit** (AIMD): each endpoint starts at a few requests and, while the
   endpoint is kept full and its latency stays within ``tolerance`` times its low-load
   latency, raises the limit up to its cap, the ``--concurrency`` setting: by one per
@@ -73,6 +75,10 @@ def request_key(messages: Messages, params: dict[str, Any]) -> str:
     """The same key for the same request (its retries), another for any other request."""
     text = json.dumps([list(messages), params], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+Answer = tuple[int | None, str]
+"""An error answer: its status and message."""
 
 
 def busy(exc: TransportError) -> bool:
@@ -261,8 +267,10 @@ class Endpoint:
     """Probes after failures in a row that found the endpoint alive (it stayed in)."""
     last_error: str | None = None
     peak_in_flight: int = 0
-    failed_requests: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    """Keys of the latest requests that failed here (:func:`request_key`)."""
+    answered_at: float = -1e18
+    """When the endpoint last answered a request (monotonic seconds)."""
+    failed_requests: OrderedDict[str, tuple[Answer, float]] = field(default_factory=OrderedDict)
+    """The latest requests that failed here (:func:`request_key`): the error, and when."""
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -439,7 +447,7 @@ class Balancer:
         tried: set[int] = set()
         last: TransportError | None = None
         key: str | None = None  # the request's key, made at its first failure
-        answers: set[tuple[int | None, str]] = set()  # the errors endpoints gave this call
+        answers: set[Answer] = set()  # the error answers endpoints gave this call
         while True:
             try:
                 ep, waited = await self._acquire(tried)
@@ -458,6 +466,7 @@ class Balancer:
                     self._wake()
                     raise await self._refused(ep, exc) from exc
                 key = key or request_key(messages, params)
+                earlier = ep.failed_requests.get(key)  # this request failed here before
                 self._failed(ep, exc, key)
                 self._wake(None if ep.ejected else 1)
                 if not exc.retryable:
@@ -471,6 +480,14 @@ class Balancer:
                             exc.kind,
                             f"{exc.message} (the same from {len(tried)} endpoints: the "
                             "request fails, not the servers)",
+                            retryable=False,
+                            status=exc.status,
+                        ) from exc
+                    if earlier is not None and earlier[0] == answer and ep.answered_at > earlier[1]:
+                        raise TransportError(  # and the endpoint answered others meanwhile
+                            exc.kind,
+                            f"{exc.message} (the same twice, while the server answered other "
+                            "requests: the request fails, not the server)",
                             retryable=False,
                             status=exc.status,
                         ) from exc
@@ -512,6 +529,7 @@ class Balancer:
     # --- health ---------------------------------------------------------------------------
 
     def _succeeded(self, ep: Endpoint, started: float, saturated: bool) -> None:
+        ep.answered_at = time.monotonic()
         ep.consecutive_failures = 0
         ep.limit.on_success(time.monotonic() - started, saturated, client_busy=self.loop_lag.busy)
         if ep.ejected:
@@ -531,9 +549,10 @@ class Balancer:
         if exc.kind == "connection":
             self._eject(ep)
             return
-        if key in ep.failed_requests:
+        again = key in ep.failed_requests
+        ep.failed_requests[key] = ((exc.status, exc.message), time.monotonic())
+        if again:
             return  # a retry of a request that failed here before: nothing new on the endpoint
-        ep.failed_requests[key] = None
         if len(ep.failed_requests) > REMEMBERED_FAILURES:
             ep.failed_requests.popitem(last=False)
         ep.consecutive_failures += 1

@@ -6,6 +6,11 @@ structured output by JSON schema, and token accounting. Failures come out as
 :class:`LLMError` with the usage spent, so a node can record them on the
 candidate instead of raising through the fan-out.
 
+Error classes: a 429, 5xx, timeout, dropped connection or unreadable answer is retried
+(a 500 while the server answers other requests after a short pause only: the request
+is at fault, not the load); a 400, 422 or the server's context-length error fails at
+once; a 401, 403 or 404 raises :class:`~nodes.stops.ServerRefused` (the run stops).
+
 The client sends through a :class:`Transport`. Two exist: :class:`HTTPTransport`,
 one JSON POST to ``/chat/completions`` on a shared aiohttp session (the default for
 a real endpoint: a tenth of the CPU per call of the openai SDK under langchain, see
@@ -411,6 +416,8 @@ class LLMClient:
         self.meter = Meter()
         self.circuit = circuit
         """The run's circuit breaker (see nodes/circuit.py); None: retries only."""
+        self.answered_at = -math.inf
+        """When the server last answered a request of this client (monotonic seconds)."""
 
     def _limiter(self) -> asyncio.Semaphore:
         """The limiter for the running loop (a semaphore belongs to one event loop)."""
@@ -441,9 +448,19 @@ class LLMClient:
         meter.completion_tokens += done.completion_tokens
         return done
 
-    async def _backoff(self, attempt: int, hinted: float | None, limit: float = math.inf) -> None:
+    async def _backoff(
+        self, attempt: int, hinted: float | None, limit: float = math.inf, *, quick: bool = False
+    ) -> None:
         """Full jitter up to ``backoff_base * 2**attempt`` (or the server's Retry-After),
-        capped by ``backoff_cap`` and by ``limit`` (when the circuit breaker would open)."""
+        capped by ``backoff_cap`` and by ``limit`` (when the circuit breaker would open).
+
+        ``quick``: the server answered this request with an error while it answered
+        others: it is not overloaded, so there is nothing to back off from; a short
+        jitter (up to a quarter of ``backoff_base``) and the request goes again.
+        """
+        if quick and hinted is None:
+            await asyncio.sleep(random.uniform(0, self.backoff_base / 4))
+            return
         delay = min(self.backoff_cap, self.backoff_base * 2 ** min(attempt, 30))
         delay = hinted if hinted is not None else random.uniform(0, delay)
         await asyncio.sleep(max(0.0, min(delay, self.backoff_cap, limit)))
@@ -476,6 +493,7 @@ class LLMClient:
             if circuit is not None:
                 circuit.check()
             usage.calls += 1
+            sent_at = time.monotonic()
             try:
                 done = await self._invoke(messages, params)
             except TransportError as exc:
@@ -490,7 +508,9 @@ class LLMClient:
                     circuit.failure(last.message[:300])
                     previous_failure, failed_at = failed_at, circuit.clock()
                 if attempt < self.max_retries:
-                    await self._backoff(attempt, exc.retry_after)
+                    # others answered while this one failed: the request, not the load
+                    quick = self.answered_at > sent_at and not server_unavailable(exc)
+                    await self._backoff(attempt, exc.retry_after, quick=quick)
                 elif (
                     circuit is not None
                     and previous_failure is not None
@@ -502,6 +522,7 @@ class LLMClient:
                     break
                 attempt += 1
                 continue
+            self.answered_at = time.monotonic()
             if circuit is not None:
                 circuit.success()
             usage.prompt_tokens += done.prompt_tokens

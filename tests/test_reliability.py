@@ -361,7 +361,9 @@ def test_poison_requests_fail_their_candidates_and_nothing_else(tmp_path: Path) 
         poisoned = server.stats()["poisoned"]
     assert code == 0, output
     assert poisoned["distinct"] >= 5, poisoned  # the run met the poison
-    assert set(poisoned["sent"].values()) == {1 + retries}  # each one: its retries, no more
+    # each sent twice: the same answer again, while the server answers others, ends it
+    # (three times when nothing else was answered between its first two)
+    assert 2 in poisoned["sent"].values() and set(poisoned["sent"].values()) <= {2, 1 + retries}
     accepted, rejected = samples(out)
     judged = [s for s in accepted + rejected if s.judgement is not None]
     failed = [s for s in rejected if s.status == "failed"]
@@ -370,6 +372,7 @@ def test_poison_requests_fail_their_candidates_and_nothing_else(tmp_path: Path) 
     for s in failed:  # each names the poisoned request that failed it, with status and message
         reason = s.reason or ""
         assert "InternalServerError: HTTP 500: poisoned request " in reason, reason
+        assert "the request fails, not the server" in reason or s.usage.failed_calls > 2
         named.add(reason.split("poisoned request ")[1].split(":")[0])
     assert named <= set(poisoned["sent"])
     done = list(Ledger(out / "references.jsonl").read(ReferenceDone))
@@ -380,8 +383,8 @@ def test_poison_requests_fail_their_candidates_and_nothing_else(tmp_path: Path) 
     assert "endpoint_ejected" not in log_text
     assert failed and judged
     figure(
-        f"poison: {poisoned['distinct']} of the distinct requests poisoned, each sent "
-        f"{1 + retries} times; {len(judged)} candidates judged, {len(failed)} failed with "
+        f"poison: {poisoned['distinct']} of the distinct requests poisoned, sent "
+        f"{poisoned['requests']} times; {len(judged)} candidates judged, {len(failed)} failed with "
         f"the poisoned request named, {sum(1 for d in done if d.error)} references stopped "
         "early; 0 ejections"
     )

@@ -4,7 +4,6 @@ endpoint before the first reference, and a key or model refused in the middle of
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.common import FakeServer, write_seeds
+from bench.common import blackhole as common_blackhole
 from graph.runfolder import Manifest
 from state.records import Sample
 
@@ -70,23 +70,8 @@ def test_nothing_listening_exits_2_naming_the_url(tmp_path: Path) -> None:
 
 @pytest.fixture
 def blackhole() -> Iterator[str]:
-    """A port whose accept queue is full: connections hang, as to a firewalled host."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    queued = []
-    for _ in range(3):
-        c = socket.socket()
-        c.setblocking(False)
-        try:
-            c.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
-        queued.append(c)
-    yield f"http://127.0.0.1:{port}/v1"
-    for c in [*queued, server]:
-        c.close()
+    with common_blackhole() as url:
+        yield url
 
 
 def test_a_connection_that_never_opens_is_unreachable_after_the_connect_timeout(

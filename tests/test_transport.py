@@ -73,7 +73,9 @@ class Canned:
         }
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "smollm2"}, {"id": "smollm2-lora"}]})
+        return web.json_response(
+            {"object": "list", "data": [{"id": "smollm2"}, {"id": "smollm2-lora"}]}
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.bodies.append(await request.json())
@@ -297,7 +299,9 @@ class Hints(LLMClient):
 
     hints: list[float | None]
 
-    async def _backoff(self, attempt: int, hinted: float | None, limit: float = 0) -> None:
+    async def _backoff(
+        self, attempt: int, hinted: float | None, limit: float = 0, *, quick: bool = False
+    ) -> None:
         self.hints.append(hinted)
 
 
