@@ -284,6 +284,30 @@ def test_client_waits_for_the_server_then_opens_the_circuit() -> None:
     assert asyncio.run(back_soon()) == "fine"
 
 
+class Poisoned:
+    """A transport whose server answers every request with the same 500."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def complete(self, messages: object, params: object) -> Completion:
+        self.calls += 1
+        raise TransportError("http", "HTTP 500: boom", retryable=True, status=500)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_500_ends_after_the_retries_even_with_the_breaker() -> None:
+    """An error the server answers is not the server being away: with nothing else
+    answered, the call still ends after its retries (the breaker does not hold it)."""
+    poisoned = Poisoned()
+    client = LLMClient(poisoned, max_retries=2, backoff_base=0.001, circuit=CircuitBreaker(30))
+    with pytest.raises(LLMError, match="HTTP 500: boom"):
+        asyncio.run(client.text([], task="t", temperature=0, max_tokens=8))
+    assert poisoned.calls == 3
+
+
 def test_circuit_open_stops_the_run_and_it_resumes(tmp_path: Path) -> None:
     seeds = write_seeds(tmp_path / "seeds.jsonl", 6)
     out = tmp_path / "run"

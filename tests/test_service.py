@@ -223,7 +223,7 @@ def test_readyz_runs_the_preflight_check_and_refusals_are_502(tmp_path: Path) ->
         assert httpx.get(svc.url + "/readyz", timeout=30).status_code == 200
         r = httpx.post(svc.url + "/v1/synthesize", json=PAIR, headers=AUTH, timeout=60)
         assert r.status_code == 200, r.text
-        assert "service_not_ready" in svc.log.read_text()  # the start-up check said so
+        assert "llm_preflight_failed" in svc.log.read_text()  # the start-up check said so
         assert "sk-llm-wrong-5678" not in svc.log.read_text()
     finally:
         svc.stop()
