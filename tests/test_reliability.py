@@ -471,6 +471,8 @@ def test_double_ctrl_c_stops_at_once_and_loses_nothing(tmp_path: Path) -> None:
         _, first = proc.communicate(timeout=10)
         one_stop = time.monotonic() - t0
         assert proc.returncode == 130 and "rerun the same command to resume" in first
+        quality = json.loads((out / "quality.json").read_text())  # written on the way out
+        assert quality["checked"] == quality["passed"] == lines(out / "samples.jsonl") > 0
         proc = cli(*args)
         wait_for(out / "samples.jsonl", lines(out / "samples.jsonl") + 2, proc)
         t0 = time.monotonic()
