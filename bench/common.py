@@ -7,6 +7,7 @@ process and reports its own CPU at ``/stats``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,28 @@ def cpu_pressure() -> float | None:
         return None
 
 
+@contextlib.contextmanager
+def blackhole() -> Iterator[str]:
+    """A base URL whose connections never open (the accept queue of its port is full), as
+    to a host behind a firewall that drops them."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    held = [server]
+    try:
+        for _ in range(3):
+            c = socket.socket()
+            held.append(c)
+            c.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                c.connect(("127.0.0.1", port))
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        for s in held:
+            s.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,8 +109,9 @@ class FakeServer:
     """``bench.fake_server`` in its own process, for one measurement or one test.
 
     ``fault_rate``, ``faults``, ``fault_seed``, ``down_after``, ``hang`` and
-    ``retry_after`` are the server's fault-injection flags (see ``bench.fake_server``);
-    ``extra_args`` passes any other flag through.
+    ``retry_after`` are the server's fault-injection flags, ``poison_rate`` and
+    ``poison_seed`` its poison requests, ``models`` and ``api_key`` what it serves and
+    to whom (see ``bench.fake_server``); ``extra_args`` passes any other flag through.
     """
 
     def __init__(
@@ -100,9 +124,14 @@ class FakeServer:
         down_after: int | None = None,
         hang: float | None = None,
         retry_after: float | None = None,
+        poison_rate: float | None = None,
+        poison_seed: int | None = None,
+        models: Sequence[str] | None = None,
+        api_key: str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.port = free_port()
+        self.api_key = api_key
         cmd = [
             sys.executable,
             "-m",
@@ -121,6 +150,10 @@ class FakeServer:
             ("--down-after", down_after),
             ("--hang", hang),
             ("--retry-after", retry_after),
+            ("--poison-rate", poison_rate),
+            ("--poison-seed", poison_seed),
+            ("--api-key", api_key),
+            ("--models", ",".join(models) if models else None),
         ):
             if value is not None:
                 cmd += [flag, str(value)]
@@ -135,7 +168,7 @@ class FakeServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"fake server exited with {self.proc.returncode}")
             try:
-                if httpx.get(f"{self.base_url}/models", timeout=1).status_code == 200:
+                if httpx.get(f"{self.root_url}/stats", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -163,6 +196,16 @@ class FakeServer:
     def up(self) -> None:
         """Answer again (also ends ``down_after``)."""
         httpx.post(f"{self.root_url}/admin/up", timeout=10).raise_for_status()
+
+    def serve_models(self, *models: str) -> None:
+        """Serve these models from now on (a chat request for another gets a 404)."""
+        url = f"{self.root_url}/admin/models"
+        httpx.post(url, params={"set": ",".join(models)}, timeout=10).raise_for_status()
+
+    def require_key(self, key: str | None) -> None:
+        """Answer 401 to requests without this bearer token from now on (None: to none)."""
+        params = {"set": key} if key else None
+        httpx.post(f"{self.root_url}/admin/key", params=params, timeout=10).raise_for_status()
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -28,6 +28,19 @@ chat requests with a fault drawn from ``--faults`` (comma-separated kinds, all o
 if the server were gone; ``POST /admin/down`` and ``POST /admin/up`` do the same by
 hand (``/admin/down?for=S`` comes back up by itself after S seconds). ``/stats``
 counts requests and the faults injected by kind.
+
+Poison requests: ``--poison-rate 0.2`` fails that share of *distinct* requests every
+time they are sent, keyed on a hash of the request body (``--poison-seed`` picks which
+ones), with ``--poison-status`` (500) and the message ``poisoned request HASH``, after
+the usual latency; the others are answered normally. A retry is the same body, so it
+fails again, as a prompt that trips a server bug does. ``/stats`` lists the poisoned
+hashes and how often each was sent.
+
+What the server serves: ``--models a,b`` (default: ``fake``) at ``/v1/models``; a chat
+request for another model gets vLLM's 404. ``--api-key K`` answers 401 to any request
+without that bearer token. ``--models-delay S`` makes ``/v1/models`` answer after S
+seconds (a slow but live server). ``POST /admin/models?set=a,b`` and
+``POST /admin/key?set=K`` change them while running.
 """
 
 from __future__ import annotations
@@ -110,6 +123,12 @@ class FakeServer:
         hang: float = 30.0,
         retry_after: float = 1.0,
         capacity: int | None = None,
+        poison_rate: float = 0.0,
+        poison_seed: int = 0,
+        poison_status: int = 500,
+        models: Sequence[str] | None = None,
+        api_key: str | None = None,
+        models_delay: float = 0.0,
     ) -> None:
         unknown = set(faults) - set(FAULT_KINDS) - set(EXTRA_FAULT_KINDS)
         if unknown:
@@ -135,6 +154,29 @@ class FakeServer:
         self.injected: dict[str, int] = {}
         self.refused = 0
         self.answered = 0
+        self.poison_rate = poison_rate
+        self.poison_seed = poison_seed
+        self.poison_status = poison_status
+        self.poisoned: dict[str, int] = {}
+        """Poisoned body hash -> how many times it was sent."""
+        self.served = list(models) if models else [model]
+        self.api_key = api_key
+        self.models_delay = models_delay
+        self.unauthorized = 0
+        self.unknown_model = 0
+
+    def poison_hash(self, body: dict[str, Any]) -> str | None:
+        """The body's hash when it is one of the poisoned requests, else None."""
+        if self.poison_rate <= 0:
+            return None
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(f"{self.poison_seed}:{canonical}".encode()).hexdigest()
+        return digest[:16] if int(digest[:8], 16) / 2**32 < self.poison_rate else None
+
+    def authorized(self, request: web.Request) -> bool:
+        if self.api_key is None:
+            return True
+        return request.headers.get("Authorization", "") == f"Bearer {self.api_key}"
 
     def is_down(self) -> bool:
         if self.down and self.up_at is not None and time.monotonic() >= self.up_at:
@@ -151,9 +193,22 @@ class FakeServer:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests += 1
+        if not self.authorized(request):
+            self.unauthorized += 1
+            return _error(401, "invalid API key", "AuthenticationError")
+        if body.get("model") not in self.served:
+            self.unknown_model += 1
+            return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         if self.is_down():
             self.refused += 1
             return await _drop(request, b"")
+        poison = self.poison_hash(body)
+        if poison is not None:
+            self.poisoned[poison] = self.poisoned.get(poison, 0) + 1
+            async with self.slots or contextlib.nullcontext():
+                await asyncio.sleep(self.latency)
+            message = f"poisoned request {poison}: it fails every time"
+            return _error(self.poison_status, message, "fake_poison")
         fault = self.draw_fault()
         if fault is not None:
             self.injected[fault] = self.injected.get(fault, 0) + 1
@@ -233,8 +288,12 @@ class FakeServer:
         raise AssertionError(fault)
 
     async def models(self, request: web.Request) -> web.Response:
+        if self.models_delay:
+            await asyncio.sleep(self.models_delay)
+        if not self.authorized(request):
+            return _error(401, "invalid API key", "AuthenticationError")
         return web.json_response(
-            {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+            {"object": "list", "data": [{"id": m, "object": "model"} for m in self.served]}
         )
 
     async def stats(self, request: web.Request) -> web.Response:
@@ -246,6 +305,13 @@ class FakeServer:
                 "max_in_flight": self.max_in_flight,
                 "faults": dict(sorted(self.injected.items())),
                 "refused": self.refused,
+                "unauthorized": self.unauthorized,
+                "unknown_model": self.unknown_model,
+                "poisoned": {
+                    "distinct": len(self.poisoned),
+                    "requests": sum(self.poisoned.values()),
+                    "sent": dict(sorted(self.poisoned.items())),
+                },
                 "down": self.is_down(),
                 "cpu_seconds": usage.ru_utime + usage.ru_stime,
                 "pid": os.getpid(),
@@ -262,6 +328,14 @@ class FakeServer:
         self.down, self.up_at, self.down_after = False, None, None
         return web.json_response({"down": False})
 
+    async def admin_models(self, request: web.Request) -> web.Response:
+        self.served = [m for m in request.query.get("set", "").split(",") if m]
+        return web.json_response({"models": self.served})
+
+    async def admin_key(self, request: web.Request) -> web.Response:
+        self.api_key = request.query.get("set") or None
+        return web.json_response({"api_key_set": self.api_key is not None})
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat)
@@ -269,7 +343,15 @@ class FakeServer:
         app.router.add_get("/stats", self.stats)
         app.router.add_post("/admin/down", self.admin_down)
         app.router.add_post("/admin/up", self.admin_up)
+        app.router.add_post("/admin/models", self.admin_models)
+        app.router.add_post("/admin/key", self.admin_key)
         return app
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    """An OpenAI-style error body."""
+    error = {"message": message, "type": kind, "code": status}
+    return web.json_response({"error": error}, status=status)
 
 
 async def _drop(request: web.Request, raw: bytes) -> web.StreamResponse:
@@ -314,6 +396,16 @@ def main() -> None:
         default=None,
         help="requests processed at once (the others wait): throughput = capacity/latency",
     )
+    parser.add_argument(
+        "--poison-rate", type=float, default=0.0, help="share of distinct requests that always fail"
+    )
+    parser.add_argument("--poison-seed", type=int, default=0, help="which requests are poisoned")
+    parser.add_argument("--poison-status", type=int, default=500, help="their HTTP status")
+    parser.add_argument("--models", default="fake", help="comma-separated models served")
+    parser.add_argument("--api-key", default=None, help="the bearer token required")
+    parser.add_argument(
+        "--models-delay", type=float, default=0.0, help="seconds /v1/models takes to answer"
+    )
     args = parser.parse_args()
     server = FakeServer(
         args.latency,
@@ -324,6 +416,12 @@ def main() -> None:
         hang=args.hang,
         retry_after=args.retry_after,
         capacity=args.capacity,
+        poison_rate=args.poison_rate,
+        poison_seed=args.poison_seed,
+        poison_status=args.poison_status,
+        models=[m.strip() for m in args.models.split(",") if m.strip()],
+        api_key=args.api_key,
+        models_delay=args.models_delay,
     )
     web.run_app(
         server.app(),

@@ -48,9 +48,10 @@ from graph.judge_sets import (
     sample_items,
     sample_pairs,
 )
-from graph.logs import add_secret
+from graph.logs import add_secret, redact
 from nodes.judging import JudgeOptions, compare, score_record
 from nodes.llm import LLMClient, LLMError, openai_transport
+from nodes.stops import RunStop
 from state.criteria import CriteriaError, CriteriaSet
 from state.settings import RefedSettings, add_settings_flags, settings_from_args
 
@@ -613,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, HumanSetError, CriteriaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunStop as exc:  # the server refuses the key or the model: say so, no traceback
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -81,8 +81,8 @@ from graph.run import (
 )
 from graph.runfolder import Manifest, RunConfigMismatch, RunFolder, new_manifest
 from nodes.balancer import endpoint_stats
-from nodes.circuit import CircuitOpen
 from nodes.llm import LLMClient
+from nodes.stops import RunStop
 from state.records import Reference, ReferenceDone, ReferenceFeedback, RunStats, Sample, Usage
 from state.settings import RefedSettings, redact_dsn
 
@@ -712,7 +712,7 @@ class PgRunner(Runner):
                 slots = [tg.create_task(self.slot()) for _ in range(n)]
                 tg.create_task(self.heartbeat(slots))
         except ExceptionGroup as group:  # the first run-stopping error, alone (as Runner.run)
-            fatal = group.subgroup((CircuitOpen, LedgerError))
+            fatal = group.subgroup((RunStop, LedgerError))
             if fatal is None:
                 raise
             first: BaseException = fatal
@@ -722,6 +722,7 @@ class PgRunner(Runner):
             raise first from None
         finally:
             self.progress.close()
+            self.write_quality()
             try:
                 if store_away:
                     raise StoreUnavailable("the store is unavailable")
@@ -782,7 +783,7 @@ async def run_batch_pg(
             except asyncio.CancelledError:
                 interrupted = True
                 raise
-            except (CircuitOpen, LedgerError) as exc:
+            except (RunStop, LedgerError) as exc:
                 stopped_by = exc
                 raise
             finally:

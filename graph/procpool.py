@@ -15,7 +15,7 @@ The wire is JSON lines over the children's stdin and stdout:
                      {"kind": "update", "ref": ID, "node": NAME, "update": …}    a finished step
                      {"kind": "final", "ref": ID, "values": …, "endpoints": …}   the thread's end
                      {"kind": "crashed", "ref": ID, "error": …}                  a bug, this ref
-                     {"kind": "fatal", "what": "circuit"|"storage", "error": …}  the run stops
+                     {"kind": "fatal", "what": "circuit"|"refused"|"storage", …}  the run stops
                      every message also carries "meter": the child's live counters.
 
 A reference already started in an earlier process goes back to the child that owns its
@@ -46,6 +46,7 @@ from graph.run import Runner, RunResult, default_workers, drive
 from graph.runfolder import Manifest, RunFolder, default_processes
 from nodes.circuit import CircuitOpen
 from nodes.llm import Meter
+from nodes.stops import ServerRefused
 from state.context import RefedContext
 from state.records import Reference
 from state.settings import RefedSettings
@@ -297,6 +298,8 @@ class GraphProcess:
             error, what = msg["error"], msg["what"]
             if what == "circuit":
                 self._fail_all(CircuitOpen(msg.get("failing_for", 0.0), error))
+            elif what == "refused":
+                self._fail_all(ServerRefused(error, msg["message"], **msg["refused"]))
             elif what == "storage":
                 self._fail_all(LedgerError(error))
             else:
@@ -508,6 +511,17 @@ async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
                             "what": "circuit",
                             "failing_for": exc.failing_for,
                             "error": exc.last_error,
+                        }
+                    )
+                except ServerRefused as exc:
+                    refused = {"url": exc.url, "model": exc.model, "served": exc.served}
+                    send(
+                        {
+                            "kind": "fatal",
+                            "what": "refused",
+                            "error": exc.status_code,
+                            "message": exc.message,
+                            "refused": refused,
                         }
                     )
                 except Exception as exc:

@@ -40,6 +40,7 @@ from graph.dataset_stats import (
     reference_similarity,
     score_stats,
 )
+from graph.quality.gate import with_ledger_counts
 from graph.quality.text import tokens
 from graph.viewer import write_viewer
 
@@ -70,7 +71,9 @@ def build_report(run: RunData) -> dict[str, Any]:
             [float(len(tokens(s.response or ""))) for s in run.accepted]
         ),
         "rouge_l_with_own_seed": quantiles(reference_similarity(run.accepted)),
-        "quality": run.quality,
+        "quality": (  # the ledgers' final numbers, whenever quality.json was written
+            with_ledger_counts(run.quality, run.accepted, run.rejected) if run.quality else None
+        ),
     }
 
 

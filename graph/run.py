@@ -41,6 +41,8 @@ from graph.seeds import SeedError, read_seeds
 from nodes.balancer import endpoint_client, endpoint_stats
 from nodes.circuit import CircuitBreaker, CircuitOpen
 from nodes.llm import LLMClient, Meter, register_client, unregister_client
+from nodes.preflight import preflight, targets
+from nodes.stops import PreflightFailed, RunStop
 from state.context import RefedContext
 from state.graph_state import ReferenceState
 from state.profile import ProfileError
@@ -255,8 +257,8 @@ class Runner:
                 return
             try:
                 await self.process(ref)
-            except (asyncio.CancelledError, CircuitOpen, LedgerError):
-                raise  # the whole run stops: the server is gone or the disk will not take more
+            except (asyncio.CancelledError, RunStop, LedgerError):
+                raise  # the whole run stops: the server is gone or refuses, or the disk is full
             except Exception as exc:  # a bug: keep the others going
                 if _storage_error(exc):
                     raise LedgerError(f"cannot write to {self.folder.path}: {exc}") from exc
@@ -298,7 +300,7 @@ class Runner:
                 for _ in range(n):
                     tg.create_task(self.worker(queue))
         except ExceptionGroup as group:  # the first run-stopping error, alone
-            fatal = group.subgroup((CircuitOpen, LedgerError))
+            fatal = group.subgroup((RunStop, LedgerError))
             if fatal is None:
                 raise
             first: BaseException = fatal
@@ -307,6 +309,15 @@ class Runner:
             raise first from None
         finally:
             self.progress.close()
+
+    def write_quality(self) -> None:
+        """Write ``quality.json`` with the gate's final counts (the run ends or stops)."""
+        if self.gate is None:
+            return
+        try:
+            self.gate.write_summary()
+        except OSError as exc:  # a full disk: the ledgers hold the numbers anyway
+            log.error("quality_summary_not_written", error=str(exc))
 
 
 def _storage_error(exc: BaseException) -> bool:
@@ -412,6 +423,8 @@ async def run_batch(
     ``forked``: graph processes forked ahead (graph.procpool.prefork) for a run with
     several; any it lacks are started here.
     """
+    if client is None and (base_url or settings.base_url):
+        await check_endpoints(settings, base_url or settings.base_url or "")
     if settings.store:  # Postgres: several workers on one run (graph/pgstore.py)
         from graph.pgstore import run_batch_pg
 
@@ -437,6 +450,16 @@ async def run_batch(
         return await _run_here(settings, references, folder, manifest, base_url, client)
     finally:
         folder.close()
+
+
+async def check_endpoints(settings: RefedSettings, base_url: str) -> None:
+    """The pre-flight check of every endpoint the run will call (``nodes.preflight``):
+    raises :class:`~nodes.stops.PreflightFailed` before the run folder is touched."""
+    await preflight(
+        targets(base_url, settings.model, settings.judge_base_url, settings.judge_model),
+        settings.api_key.get_secret_value(),
+        timeout=settings.timeout,
+    )
 
 
 async def _run_here(
@@ -466,9 +489,7 @@ async def _run_here(
 
 def run_status(interrupted: bool, done: bool, stopped_by: BaseException | None) -> str:
     """run.json's status for a run that ended so (``done``: all of it, or its target)."""
-    if isinstance(stopped_by, CircuitOpen):
-        return "server_unavailable"
-    if stopped_by is not None:
+    if stopped_by is not None:  # a RunStop's (server_unavailable, server_refused) or a disk's
         return getattr(stopped_by, "status", "storage_error")
     if interrupted:
         return "interrupted"
@@ -485,10 +506,11 @@ async def drive(runner: Runner, references: list[Reference]) -> bool:
     except asyncio.CancelledError:
         interrupted = True
         raise
-    except (CircuitOpen, LedgerError) as exc:
+    except (RunStop, LedgerError) as exc:
         stopped_by = exc
         raise
     finally:
+        runner.write_quality()
         manifest.stats = folder.stats(runner.requests())
         done = len(folder.done) >= len(references) and not runner.failed
         manifest.status = run_status(interrupted, done or runner._target_reached(), stopped_by)
@@ -655,6 +677,18 @@ def _main(settings: RefedSettings, forked: list[Any]) -> int:
             file=sys.stderr,
         )
         return EXIT_SERVER_UNAVAILABLE
+    except PreflightFailed as exc:
+        for problem in exc.problems:
+            print(f"error: {redact(problem)}", file=sys.stderr)
+        print("nothing was run: fix the above and run the same command again", file=sys.stderr)
+        return exc.exit_code
+    except RunStop as exc:
+        print(
+            f"error: {redact(str(exc))}. The run stopped; finished samples are saved: rerun "
+            f"the same command once this is fixed to resume (run folder {settings.out}).",
+            file=sys.stderr,
+        )
+        return exc.exit_code
     except LedgerError as exc:
         print(stopped_line(exc, "The run stopped"), file=sys.stderr)
         return 1

@@ -8,17 +8,28 @@
   dropped, timeout, 429, 5xx) is sent at once to an endpoint it has not tried yet; only
   when it has tried them all does the error go back to :class:`~nodes.llm.LLMClient`,
   which backs off and retries as before;
-- **ejects** an endpoint that refuses or drops a connection, or fails
-  ``eject_after`` times in a row, and sends it nothing until a probe
-  (``GET {base_url}/models``) answers; the wait before the next probe doubles
-  from ``eject_base`` up to ``eject_cap`` seconds. When every endpoint is ejected,
-  calls go to all of them anyway (a success brings an endpoint back at once);
+- **ejects** an endpoint that refuses or drops a connection, and sends it nothing
+  until a probe (``GET {base_url}/models``) answers; the wait before the next probe
+  doubles from ``eject_base`` up to ``eject_cap`` seconds. When every endpoint is
+  ejected, calls go to all of them anyway (a success brings an endpoint back at once);
+- **tells a sick endpoint from a poison request**: an endpoint is judged by failures
+  of *different* requests, never by the retries of one (a request that fails every
+  time, say a prompt that trips a server bug, fails its candidate and nothing else).
+  After ``eject_after`` different requests failed in a row with no answer between,
+  the endpoint is probed, and ejected only if the probe fails too. A 429, or a 503
+  with ``Retry-After``, is "busy", never "broken". A request that got the same error
+  answer (same status, same message) from two endpoints, or twice from one that
+  answered other requests in between, is not sent again: the request is at fault, and
+  its candidate fails with that answer. A 401, 403 or 404 raises
+  :class:`~nodes.stops.ServerRefused` (the models the endpoint serves listed for a
+  404): the run stops;
 - **adapts its limit** (AIMD): each endpoint starts at a few requests and, while the
   endpoint is kept full and its latency stays within ``tolerance`` times its low-load
   latency, raises the limit up to its cap, the ``--concurrency`` setting: by one per
   answer at first (doubling per round, "slow start"), then by about one per round of
-  answers. Latency past that holds it; a 429, a 5xx or a timeout halves it (see
-  :class:`AIMDLimit`). ``adaptive=False`` keeps the limit at the cap.
+  answers. Latency past that holds it; a 429, 503, 504 or a timeout halves it (see
+  :class:`AIMDLimit`; a 500 is the server's answer to one request, not overload).
+  ``adaptive=False`` keeps the limit at the cap.
 
 :meth:`Balancer.stats` gives per-endpoint counters (in flight, limit, calls,
 failures, ejected) for logs and the run summary.
@@ -28,9 +39,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,10 +51,46 @@ from typing import Any
 import aiohttp
 import structlog
 
-from nodes.llm import Completion, HTTPTransport, LLMClient, Messages, TransportError
+from nodes.llm import (
+    Completion,
+    HTTPTransport,
+    LLMClient,
+    Messages,
+    TransportError,
+    server_unavailable,
+)
+from nodes.preflight import served_models
+from nodes.stops import REFUSING_STATUSES, ServerRefused
 from state.settings import endpoint_urls
 
 log = structlog.get_logger("refed.balancer")
+
+OVERLOAD_STATUS = frozenset({429, 503, 504})
+"""Statuses that cut an endpoint's limit (with timeouts): the server is past its capacity."""
+REMEMBERED_FAILURES = 256
+"""Requests per endpoint whose failure is remembered, to know their retries again."""
+
+
+def request_key(messages: Messages, params: dict[str, Any]) -> str:
+    """The same key for the same request (its retries), another for any other request."""
+    text = json.dumps([list(messages), params], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+Answer = tuple[int | None, str]
+"""An error answer: its status and message."""
+
+
+def busy(exc: TransportError) -> bool:
+    """A 429, or a 503 that says when to come back: the endpoint is busy, not broken."""
+    return exc.status == 429 or (exc.status == 503 and exc.retry_after is not None)
+
+
+def request_fault(exc: TransportError) -> bool:
+    """An answer the server gave this request (a 500, an unreadable body), as opposed to
+    the server being away or overloaded: the same answer from two servers blames the
+    request."""
+    return exc.kind == "http" and not server_unavailable(exc)
 
 
 class LoopLag:
@@ -207,12 +256,21 @@ class Endpoint:
     failures: int = 0
     ejections: int = 0
     consecutive_failures: int = 0
+    """Different requests failed in a row, with no answer between (retries not counted)."""
     ejected: bool = False
     probe_at: float = 0.0
     eject_for: float = 0.0
     probing: bool = False
+    checking: bool = False
+    """A probe is asking whether the endpoint is alive after failures in a row."""
+    checks: int = 0
+    """Probes after failures in a row that found the endpoint alive (it stayed in)."""
     last_error: str | None = None
     peak_in_flight: int = 0
+    answered_at: float = -1e18
+    """When the endpoint last answered a request (monotonic seconds)."""
+    failed_requests: OrderedDict[str, tuple[Answer, float]] = field(default_factory=OrderedDict)
+    """The latest requests that failed here (:func:`request_key`): the error, and when."""
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -225,6 +283,7 @@ class Endpoint:
             "failures": self.failures,
             "ejected": self.ejected,
             "ejections": self.ejections,
+            "checks": self.checks,
             "latency_ms": None if self.limit.latency is None else round(1000 * self.limit.latency),
             "last_error": self.last_error,
         }
@@ -280,6 +339,7 @@ class Balancer:
     ) -> None:
         if not base_urls:
             raise ValueError("Balancer needs at least one endpoint")
+        self.model = model
         self.endpoints = [
             Endpoint(
                 index=i,
@@ -386,6 +446,8 @@ class Balancer:
             self.loop_lag.ensure_running()
         tried: set[int] = set()
         last: TransportError | None = None
+        key: str | None = None  # the request's key, made at its first failure
+        answers: set[Answer] = set()  # the error answers endpoints gave this call
         while True:
             try:
                 ep, waited = await self._acquire(tried)
@@ -400,12 +462,36 @@ class Balancer:
                 done = await ep.transport.complete(messages, params)
             except TransportError as exc:
                 ep.in_flight -= 1
-                self._failed(ep, exc)
+                if exc.status in REFUSING_STATUSES:
+                    self._wake()
+                    raise await self._refused(ep, exc) from exc
+                key = key or request_key(messages, params)
+                earlier = ep.failed_requests.get(key)  # this request failed here before
+                self._failed(ep, exc, key)
                 self._wake(None if ep.ejected else 1)
                 if not exc.retryable:
                     raise
                 tried.add(ep.index)
                 last = exc
+                if request_fault(exc):
+                    answer = (exc.status, exc.message)
+                    if answer in answers:  # another endpoint said the same: the request
+                        raise TransportError(
+                            exc.kind,
+                            f"{exc.message} (the same from {len(tried)} endpoints: the "
+                            "request fails, not the servers)",
+                            retryable=False,
+                            status=exc.status,
+                        ) from exc
+                    if earlier is not None and earlier[0] == answer and ep.answered_at > earlier[1]:
+                        raise TransportError(  # and the endpoint answered others meanwhile
+                            exc.kind,
+                            f"{exc.message} (the same twice, while the server answered other "
+                            "requests: the request fails, not the server)",
+                            retryable=False,
+                            status=exc.status,
+                        ) from exc
+                    answers.add(answer)
                 if len(tried) < len(self.endpoints):
                     self.failovers += 1
                     log.debug("llm_failover", endpoint=ep.base_url, error=exc.message[:200])
@@ -420,6 +506,16 @@ class Balancer:
             self._wake(1 + max(0, grown))
             return done
 
+    async def _refused(self, ep: Endpoint, exc: TransportError) -> ServerRefused:
+        """The run-stopping error for a 401, 403 or 404 (a 404 lists the served models)."""
+        served = None
+        if exc.status == 404:
+            served = await served_models(ep.base_url, self._api_key, timeout=self.probe_timeout)
+        log.error("endpoint_refused", endpoint=ep.base_url, status=exc.status, error=exc.message)
+        return ServerRefused(
+            exc.status or 0, exc.message, url=ep.base_url, model=self.model, served=served
+        )
+
     async def aclose(self) -> None:
         """Stop probing, close the sessions of the running loop, log the endpoints' counters."""
         for task in list(self._probes):
@@ -433,23 +529,53 @@ class Balancer:
     # --- health ---------------------------------------------------------------------------
 
     def _succeeded(self, ep: Endpoint, started: float, saturated: bool) -> None:
+        ep.answered_at = time.monotonic()
         ep.consecutive_failures = 0
         ep.limit.on_success(time.monotonic() - started, saturated, client_busy=self.loop_lag.busy)
         if ep.ejected:
             self._restore(ep, "answered")
 
-    def _failed(self, ep: Endpoint, exc: TransportError) -> None:
+    def _failed(self, ep: Endpoint, exc: TransportError, key: str) -> None:
+        """Count a failure of request ``key`` against ``ep`` (see the module docstring)."""
         if not exc.retryable:
             return  # the request was at fault (4xx), not the endpoint
         ep.failures += 1
         ep.last_error = exc.message[:200]
-        overloaded = exc.kind == "timeout" or exc.status == 429 or (exc.status or 0) >= 500
+        overloaded = exc.kind == "timeout" or exc.status in OVERLOAD_STATUS
         if overloaded and ep.limit.on_overload():
             log.info("endpoint_limit_cut", endpoint=ep.base_url, limit=round(ep.limit.limit, 2))
-        if exc.status == 429:
+        if busy(exc):
             return  # busy, not broken: fewer requests, not none
+        if exc.kind == "connection":
+            self._eject(ep)
+            return
+        again = key in ep.failed_requests
+        ep.failed_requests[key] = ((exc.status, exc.message), time.monotonic())
+        if again:
+            return  # a retry of a request that failed here before: nothing new on the endpoint
+        if len(ep.failed_requests) > REMEMBERED_FAILURES:
+            ep.failed_requests.popitem(last=False)
         ep.consecutive_failures += 1
-        if exc.kind == "connection" or ep.consecutive_failures >= self.eject_after:
+        if ep.consecutive_failures >= self.eject_after and not ep.checking and not ep.ejected:
+            ep.checking = True
+            task = asyncio.get_running_loop().create_task(self._check(ep))
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+
+    async def _check(self, ep: Endpoint) -> None:
+        """After failures of different requests in a row: eject ``ep`` unless a probe answers."""
+        failed = ep.consecutive_failures
+        try:
+            alive = await self.probe(ep)
+        finally:
+            ep.checking = False
+        if alive:
+            ep.checks += 1
+            ep.consecutive_failures = 0
+            log.info(
+                "endpoint_alive", endpoint=ep.base_url, failed_in_a_row=failed, error=ep.last_error
+            )
+        elif ep.consecutive_failures > 0:  # nothing answered meanwhile either
             self._eject(ep)
 
     def _eject(self, ep: Endpoint) -> None:

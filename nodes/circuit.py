@@ -3,13 +3,15 @@
 Every :class:`~nodes.llm.LLMClient` of a run reports to one :class:`CircuitBreaker`:
 an answer from the server (whatever its content) closes it, a request that got no
 usable answer (connection refused or reset, timeout, 429, 5xx, an unreadable body)
-marks it failing. While it is failing, a call that has used up its retries keeps
-retrying instead of recording its candidate as failed (the fault is the server's,
-not the candidate's). Once the server has been failing for ``open_after`` seconds
+marks it failing. While it is failing and the server is away (no answer, 429,
+502-504), a call that has used up its retries keeps retrying instead of recording
+its candidate as failed (the fault is the server's, not the candidate's); a request
+the server answers with the same error every time (a 500 of its own) fails its
+candidate after its retries. Once the server has been failing for ``open_after`` seconds
 with no answer in between, the breaker opens for good: every call raises
 :class:`CircuitOpen`, which is not an :class:`~nodes.llm.LLMError`, so no node records
 it on a candidate; it goes up through the graph and the runner stops the run, to be
-resumed later from its checkpoints.
+resumed later from its checkpoints (one of the run stops of ``nodes.stops``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ import math
 import time
 from collections.abc import Callable
 
+from nodes.stops import RunStop
 
-class CircuitOpen(Exception):
+
+class CircuitOpen(RunStop):
     """The server has failed every request for longer than the breaker allows."""
+
+    status = "server_unavailable"
+    exit_code = 75  # sysexits' EX_TEMPFAIL: try again later
 
     def __init__(self, failing_for: float, last_error: str) -> None:
         super().__init__(

@@ -6,6 +6,11 @@ structured output by JSON schema, and token accounting. Failures come out as
 :class:`LLMError` with the usage spent, so a node can record them on the
 candidate instead of raising through the fan-out.
 
+Error classes: a 429, 5xx, timeout, dropped connection or unreadable answer is retried
+(a 500 while the server answers other requests after a short pause only: the request
+is at fault, not the load); a 400, 422 or the server's context-length error fails at
+once; a 401, 403 or 404 raises :class:`~nodes.stops.ServerRefused` (the run stops).
+
 The client sends through a :class:`Transport`. Two exist: :class:`HTTPTransport`,
 one JSON POST to ``/chat/completions`` on a shared aiohttp session (the default for
 a real endpoint: a tenth of the CPU per call of the openai SDK under langchain, see
@@ -21,6 +26,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +40,7 @@ from langchain_core.messages import AIMessage
 from pydantic import BaseModel, ValidationError
 
 from nodes.circuit import CircuitBreaker
+from nodes.stops import REFUSING_STATUSES, ServerRefused
 from state.context import RefedContext
 from state.line_format import LineFormatError, line_regex, parse_lines
 from state.records import Usage
@@ -159,6 +166,29 @@ _RETRYABLE_STATUS = frozenset({408, 409})
 
 def _retryable_status(status: int) -> bool:
     return status == 429 or status >= 500 or status in _RETRYABLE_STATUS
+
+
+_CONTEXT_LENGTH = re.compile(
+    r"maximum context length|context[_ ]length[_ ]exceeded|max_model_len|"
+    r"reduce the length of the (messages|prompt)",
+    re.IGNORECASE,
+)
+"""The server's "prompt too long for the model" error (vLLM's words, and OpenAI's code):
+the same request fails the same way every time, whatever status it came with."""
+
+
+def context_length_error(text: str) -> bool:
+    return _CONTEXT_LENGTH.search(text) is not None
+
+
+_UNAVAILABLE_STATUS = frozenset({429, 502, 503, 504})
+"""Statuses that say the server (or the proxy before it) could not take the request."""
+
+
+def server_unavailable(exc: TransportError) -> bool:
+    """``exc`` says the server is away or overloaded (no answer, 429, 502-504), not that
+    it answered this request with an error (a 500 it gives every time, an unreadable body)."""
+    return exc.kind in ("connection", "timeout") or exc.status in _UNAVAILABLE_STATUS
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -287,7 +317,9 @@ def _status_error(status: int, raw: bytes, retry_after: float | None) -> Transpo
         detail = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
     except ValueError:
         pass
-    retryable = _retryable_status(status)
+    retryable = _retryable_status(status) and not context_length_error(
+        raw[:2000].decode("utf-8", "replace")
+    )
     message = f"HTTP {status}: {detail}"
     if retryable:
         name = _OPENAI_ERROR_NAMES.get(status, "InternalServerError")
@@ -366,7 +398,8 @@ class ChatModelTransport:
             raise TransportError(
                 kind,
                 f"{type(exc).__name__}: {exc}",
-                retryable=True,
+                retryable=not context_length_error(str(exc)),
+                status=getattr(exc, "status_code", None),
                 retry_after=_retry_after(exc),
             ) from exc
         except openai.APIStatusError as exc:
@@ -422,6 +455,8 @@ class LLMClient:
         self.meter = Meter()
         self.circuit = circuit
         """The run's circuit breaker (see nodes/circuit.py); None: retries only."""
+        self.answered_at = -math.inf
+        """When the server last answered a request of this client (monotonic seconds)."""
 
     def _limiter(self) -> asyncio.Semaphore:
         """The limiter for the running loop (a semaphore belongs to one event loop)."""
@@ -452,9 +487,19 @@ class LLMClient:
         meter.completion_tokens += done.completion_tokens
         return done
 
-    async def _backoff(self, attempt: int, hinted: float | None, limit: float = math.inf) -> None:
+    async def _backoff(
+        self, attempt: int, hinted: float | None, limit: float = math.inf, *, quick: bool = False
+    ) -> None:
         """Full jitter up to ``backoff_base * 2**attempt`` (or the server's Retry-After),
-        capped by ``backoff_cap`` and by ``limit`` (when the circuit breaker would open)."""
+        capped by ``backoff_cap`` and by ``limit`` (when the circuit breaker would open).
+
+        ``quick``: the server answered this request with an error while it answered
+        others: it is not overloaded, so there is nothing to back off from; a short
+        jitter (up to a quarter of ``backoff_base``) and the request goes again.
+        """
+        if quick and hinted is None:
+            await asyncio.sleep(random.uniform(0, self.backoff_base / 4))
+            return
         delay = min(self.backoff_cap, self.backoff_base * 2 ** min(attempt, 30))
         delay = hinted if hinted is not None else random.uniform(0, delay)
         await asyncio.sleep(max(0.0, min(delay, self.backoff_cap, limit)))
@@ -471,9 +516,11 @@ class LLMClient:
         """Send with retries; ``parse(completion)`` returns the value or raises LLMError.
 
         With a circuit breaker, a call whose retries are used up goes on retrying while
-        no request at all was answered between its last two failures (the server is down,
+        the server is away (no answer, 429, 502-504: :func:`server_unavailable`) and no
+        request at all was answered between its last two failures (the server is down,
         not just this request), until it gets an answer or the breaker opens and raises
-        ``CircuitOpen``.
+        ``CircuitOpen``. A status that no retry gets past for any request (401, 403,
+        404) raises :class:`~nodes.stops.ServerRefused` at once: the run stops.
         """
         usage = Usage(feedback_calls=1 if feedback else 0)
         last: LLMError | None = None
@@ -485,10 +532,13 @@ class LLMClient:
             if circuit is not None:
                 circuit.check()
             usage.calls += 1
+            sent_at = time.monotonic()
             try:
                 done = await self._invoke(messages, params)
             except TransportError as exc:
                 usage.failed_calls += 1
+                if exc.status in REFUSING_STATUSES:
+                    raise ServerRefused(exc.status, exc.message) from exc
                 last = LLMError(exc.kind, exc.message, usage)
                 if not exc.retryable:
                     raise last from exc
@@ -497,10 +547,13 @@ class LLMClient:
                     circuit.failure(last.message[:300])
                     previous_failure, failed_at = failed_at, circuit.clock()
                 if attempt < self.max_retries:
-                    await self._backoff(attempt, exc.retry_after)
+                    # others answered while this one failed: the request, not the load
+                    quick = self.answered_at > sent_at and not server_unavailable(exc)
+                    await self._backoff(attempt, exc.retry_after, quick=quick)
                 elif (
                     circuit is not None
                     and previous_failure is not None
+                    and server_unavailable(exc)
                     and not circuit.answered_since(previous_failure)
                 ):
                     await self._backoff(attempt, exc.retry_after, circuit.remaining())
@@ -508,6 +561,7 @@ class LLMClient:
                     break
                 attempt += 1
                 continue
+            self.answered_at = time.monotonic()
             if circuit is not None:
                 circuit.success()
             usage.prompt_tokens += done.prompt_tokens

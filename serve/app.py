@@ -4,6 +4,10 @@ POST /v1/synthesize          one reference in, judged samples out
 POST /v1/synthesize/stream   the same as server-sent events (progress, sample, done)
 GET  /v1/feedback/{id}       the cached reference-level feedback
 GET  /healthz /readyz /metrics
+
+At start-up the LLM endpoints get the batch run's pre-flight check (``nodes.preflight``:
+reachable, the key accepted, the model served); the service starts either way and
+``/readyz`` runs the check again, answering 503 with what is wrong until it passes.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,12 +34,14 @@ from graph.logs import redact
 from graph.quality import QualityGate
 from nodes.balancer import endpoint_client
 from nodes.llm import LLMClient, register_client, unregister_client
+from nodes.preflight import EndpointCheck, check_all, targets
+from nodes.stops import RunStop
 from serve.feedback_cache import feedback_cache
 from serve.metrics import ServiceMetrics
 from serve.synthesis import Event, synthesize
 from state.api import ErrorBody, FeedbackView, Health, SynthesizeRequest, SynthesizeResponse
 from state.context import RefedContext
-from state.settings import RefedSettings, endpoint_urls
+from state.settings import RefedSettings
 
 log = structlog.get_logger("refed.serve")
 
@@ -132,6 +137,21 @@ def llm_failure_status(error: str) -> tuple[int, str | None]:
     return 502, None
 
 
+READY_TIMEOUT = 5.0
+"""Seconds /readyz waits for an endpoint's model list."""
+
+
+def readiness(checks: list[EndpointCheck]) -> tuple[bool, str | None]:
+    """Ready when one generator endpoint passes and, with a judge of its own, one judge's;
+    the detail names what failed."""
+    ok = {c.target.role for c in checks if c.ok}
+    ready = "generator" in ok and (
+        "judge" in ok or not any(c.target.role == "judge" for c in checks)
+    )
+    problems = [c.message() for c in checks if not c.ok]
+    return ready, "; ".join(problems) or None
+
+
 def create_app(
     settings: RefedSettings,
     *,
@@ -151,6 +171,8 @@ def create_app(
         max_retries=settings.max_retries,
     )
     client_key = f"serve:{id(llm)}"
+    endpoints = targets(base_url, model, settings.judge_base_url, settings.judge_model)
+    api_key = settings.api_key.get_secret_value()
     cache = feedback_cache(settings, model)
     quality = QualityGate.from_settings(settings)  # benchmarks load once, here
     token = settings.service_token.get_secret_value() if settings.service_token else None
@@ -169,6 +191,11 @@ def create_app(
         async with sqlite_saver(checkpoints) as saver:
             shared["graph"] = compile_graph(saver)
             shared["saver"] = saver
+            if client is None:  # (a client given by a test has no endpoint to check)
+                checks = await check_all(endpoints, api_key, timeout=READY_TIMEOUT)
+                ready, problems = readiness(checks)
+                if not ready:  # up anyway: /readyz says what is wrong until it is fixed
+                    log.warning("llm_preflight_failed", base_url=base_url, problems=problems)
             log.info("service_ready", base_url=base_url, model=model)
             yield
             # uvicorn has drained (or cancelled) the requests; anything still going on
@@ -307,7 +334,12 @@ def create_app(
         except asyncio.CancelledError:
             task.cancel()  # this request was cancelled (shutdown grace over): so is its work
             raise
-        result = task.result()
+        try:
+            result = task.result()
+        except RunStop as exc:  # the LLM server refuses every request (key, model)
+            return JSONResponse(
+                ErrorBody(error="llm_failed", detail=redact(str(exc))).model_dump(), 502
+            )
         if result.error and not result.samples and not result.rejected:
             status, retry_after = llm_failure_status(result.error)
             return JSONResponse(
@@ -339,6 +371,9 @@ def create_app(
             try:
                 async for event in run(req):
                     yield f"event: {event.name}\ndata: {json.dumps(event.data)}\n\n".encode()
+            except RunStop as exc:  # the LLM server refuses every request (key, model)
+                error = {"error": "llm_failed", "detail": redact(str(exc))}
+                yield f"event: error\ndata: {json.dumps(error)}\n\n".encode()
             except Exception as exc:  # the stream has started: report in-band
                 log.error("stream_failed", error=redact(repr(exc)))
                 yield f"event: error\ndata: {json.dumps({'error': 'internal'})}\n\n".encode()
@@ -373,18 +408,13 @@ def create_app(
         "/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["operations"]
     )
     async def readyz() -> Any:
-        """An LLM server answers (any one of several endpoints)."""
-        error: Exception | None = None
-        for url in endpoint_urls(base_url):
-            try:
-                async with httpx.AsyncClient(timeout=5) as http:
-                    r = await http.get(url.rstrip("/") + "/models")
-                r.raise_for_status()
-                return Health(status="ok")
-            except httpx.HTTPError as exc:
-                error = exc
+        """An LLM endpoint passes the pre-flight check: it answers, takes the key and
+        serves the model (any one of several endpoints; the judge's too, if its own)."""
+        ready, problems = readiness(await check_all(endpoints, api_key, timeout=READY_TIMEOUT))
+        if ready:
+            return Health(status="ok", detail=redact(problems) if problems else None)
         return JSONResponse(
-            Health(status="unavailable", detail=redact(f"LLM server: {error}")).model_dump(), 503
+            Health(status="unavailable", detail=redact(problems or "")).model_dump(), 503
         )
 
     @app.get(

@@ -132,7 +132,7 @@ class RefedSettings(BaseSettings):
         ge=1,
         description="Cap on LLM requests in flight per endpoint; the limit adapts below it "
         "(starts at 16, grows while latency holds, holds when latency doubles, halves on "
-        "429/5xx/timeouts).",
+        "429/503/504/timeouts).",
     )
     fixed_concurrency: bool = Field(
         default=False, description="Keep every endpoint at --concurrency (no adaptive limit)."

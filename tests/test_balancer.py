@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -23,7 +24,7 @@ from bench.common import write_seeds
 from bench.fake_server import FakeServer as FakeApp
 from graph.ledger import Ledger
 from nodes.balancer import AIMDLimit, Balancer, LoopLag, endpoint_client
-from nodes.llm import TransportError
+from nodes.llm import LLMError, TransportError
 from state.records import ReferenceDone, Sample
 from state.settings import RefedSettings
 
@@ -266,6 +267,137 @@ async def test_in_flight_calls_fail_over_when_an_endpoint_dies() -> None:
     assert dead.ejected and dead.failures >= on_doomed
     assert balancer.failovers >= on_doomed
     assert alive.calls >= 24 - (dead.calls - dead.failures)
+
+
+# --- a sick endpoint or a poison request ------------------------------------------------
+
+
+def _asks(n: int, tag: str = "q") -> list[list[dict[str, str]]]:
+    """``n`` different requests."""
+    return [[{"role": "user", "content": f"{tag} {i}: say something."}] for i in range(n)]
+
+
+async def test_poison_requests_fail_alone_and_never_eject_the_endpoint() -> None:
+    """A fifth of the requests fail every time (keyed on their body): each fails with the
+    server's status and message once it got the same answer twice while other requests
+    were answered; the others are answered; the one endpoint stays in service with its
+    limit."""
+    app = FakeApp(latency=0.01, poison_rate=0.2, poison_seed=3)
+    async with serve(app) as url:
+        client = endpoint_client(url, "fake", "", concurrency=8, max_retries=4)
+        client.backoff_base = 0.001
+        results = await asyncio.gather(
+            *(client.text(m, task="t", temperature=0, max_tokens=8) for m in _asks(120)),
+            return_exceptions=True,
+        )
+        await client.aclose()
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert all(isinstance(r, LLMError) for r in failed), failed
+    assert len(failed) == len(app.poisoned) > 10  # about a fifth of 120
+    for error in failed:
+        assert isinstance(error, LLMError)
+        assert error.message.startswith("InternalServerError: HTTP 500: poisoned request ")
+        assert error.message.endswith(
+            "(the same twice, while the server answered other requests: the request fails, "
+            "not the server)"
+        )
+        assert error.usage.calls == app.poisoned[error.message.split()[5][:-1]] < 5
+    sends = list(app.poisoned.values())
+    assert sends.count(2) > len(sends) / 2  # most stop at the second identical answer
+    balancer = client.transport
+    assert isinstance(balancer, Balancer)
+    ep = balancer.endpoints[0]
+    assert ep.ejections == 0 and not ep.ejected
+    assert ep.limit.limit >= 8  # a 500 is not overload: the limit was never cut
+
+
+class SickApp(FakeApp):
+    """Every chat request fails with a 500; ``/v1/models`` answers only while ``alive``."""
+
+    alive = True
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        return web.json_response({"error": {"message": "engine died"}}, status=500)
+
+    async def models(self, request: web.Request) -> web.Response:
+        if not self.alive:
+            return web.json_response({"error": {"message": "unhealthy"}}, status=503)
+        return await super().models(request)
+
+
+async def test_failures_of_different_requests_probe_the_endpoint_before_ejecting() -> None:
+    """Retries of one request never count; three different requests failing in a row make
+    a probe ask; a live endpoint stays (the requests were at fault), a dead one goes."""
+    app = SickApp(latency=0.0)
+    async with serve(app) as url:
+        b = Balancer([url], "fake", "", concurrency=4, eject_after=3)
+        ep = b.endpoints[0]
+        (one,) = _asks(1, "same")
+        for _ in range(6):  # one request, six times: one failure of one request
+            with pytest.raises(TransportError):
+                await b.complete(one, PARAMS)
+        assert ep.consecutive_failures == 1 and ep.failures == 6
+        for ask in _asks(2, "alive"):
+            with pytest.raises(TransportError):
+                await b.complete(ask, PARAMS)
+        await asyncio.sleep(0.3)  # the probe answers
+        assert not ep.ejected and ep.checks == 1 and ep.consecutive_failures == 0
+        app.alive = False
+        for ask in _asks(3, "dead"):
+            with pytest.raises(TransportError):
+                await b.complete(ask, PARAMS)
+        await asyncio.sleep(0.3)  # the probe fails too: ejected
+        assert ep.ejected and ep.ejections == 1 and ep.checks == 1
+        await b.aclose()
+
+
+def test_busy_is_not_broken() -> None:
+    """A 429 or a 503 with Retry-After never counts toward ejection (no probe either)."""
+    b = Balancer(["http://a/v1"], "m", "", concurrency=4, eject_after=2)
+    ep = b.endpoints[0]
+    for i in range(5):
+        b._failed(ep, TransportError("http", "busy", retryable=True, status=429), f"k{i}")
+        b._failed(
+            ep,
+            TransportError("http", "busy", retryable=True, status=503, retry_after=1.0),
+            f"j{i}",
+        )
+    assert ep.consecutive_failures == 0 and not ep.checking and not ep.ejected
+    assert ep.failures == 10
+
+
+async def test_the_same_failure_on_two_endpoints_stops_the_retries() -> None:
+    """Both endpoints fail a request with the same 500 and message: it fails at once, not
+    after max_retries rounds; another request still goes through."""
+    first, second = (FakeApp(latency=0.0, poison_rate=0.5, poison_seed=9) for _ in range(2))
+    async with serve(first) as url_a, serve(second) as url_b:
+        client = endpoint_client([url_a, url_b], "fake", "", concurrency=4, max_retries=4)
+        client.backoff_base = 0.001
+        asks = _asks(20)
+        poisoned = [m for m in asks if first.poison_hash(_body(m)) is not None]
+        clean = [m for m in asks if first.poison_hash(_body(m)) is None]
+        assert poisoned and clean
+        with pytest.raises(LLMError) as info:
+            await client.text(poisoned[0], task="t", temperature=0, max_tokens=8)
+        reply = await client.text(clean[0], task="t", temperature=0, max_tokens=8)
+        await client.aclose()
+    assert "HTTP 500: poisoned request" in info.value.message
+    assert "the same from 2 endpoints: the request fails, not the servers" in info.value.message
+    assert info.value.usage.calls == 1  # the client did not retry it
+    assert first.requests + second.requests == 3  # one each, then the clean one
+    assert reply.text
+
+
+def _body(messages: list[dict[str, str]]) -> dict[str, Any]:
+    """The body HTTPTransport sends for a text call of these tests."""
+    return {
+        "model": "fake",
+        "stream": False,
+        "messages": messages,
+        "temperature": 0,
+        "max_completion_tokens": 8,
+    }
 
 
 # --- settings --------------------------------------------------------------------------

@@ -17,7 +17,8 @@ EXAMPLES = REPO / "examples" / "seeds.jsonl"
 
 
 def test_judge_on_its_own_endpoint_with_the_pairwise_filter(tmp_path: Path) -> None:
-    generator, judge = FakeServerProc(latency=0.01), FakeServerProc(latency=0.01)
+    generator = FakeServerProc(latency=0.01)
+    judge = FakeServerProc(latency=0.01, models=["fake-judge"])
     try:
         out = tmp_path / "run"
         res = subprocess.run(

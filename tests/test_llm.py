@@ -309,6 +309,29 @@ async def test_bad_request_is_not_retried(sleeps: list[float]) -> None:
     assert sleeps == []
 
 
+@pytest.mark.parametrize(
+    ("cls", "status", "quick"),
+    [(openai.InternalServerError, 500, True), (openai.InternalServerError, 503, False)],
+)
+async def test_a_500_while_others_are_answered_is_retried_after_a_short_pause(
+    cls: type[openai.APIStatusError],
+    status: int,
+    quick: bool,
+    sleeps: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 500 while the server answers other requests: the request, not the load, so no
+    exponential backoff (a quarter of backoff_base at most); a 503 backs off as usual."""
+    monkeypatch.setattr(llm_mod.random, "uniform", lambda lo, hi: hi)  # the longest draw
+    response = httpx.Response(status, request=httpx.Request("POST", "http://x"))  # no hint
+    error = cls("boom", response=response, body=None)  # type: ignore[arg-type]
+    script = Script(answers={"respond": failing_then([error, error], "ok")})
+    client = make_client(script, max_retries=3, backoff_base=4.0, backoff_cap=60.0)
+    client.answered_at = float("inf")  # another request is answered after each send
+    await client.text(TEXT_MESSAGES, task="respond", temperature=1.0, max_tokens=20)
+    assert sleeps == ([1.0, 1.0] if quick else [4.0, 8.0])
+
+
 # ------------------------------------------------------------------------ limiter
 
 

@@ -140,3 +140,28 @@ def test_decontamination_in_a_run_and_bad_benchmark_file(
     from graph.export import main as export_main
 
     assert export_main([str(out)]) == 2
+
+
+def test_quality_json_is_final_when_the_run_ends(
+    fake_server: FakeServerProc, tmp_path: Path
+) -> None:
+    """No sample dropped (the fake instructions are 2/3 alike, under the default 0.7): the
+    summary written at the end counts every accepted sample as checked, and the report
+    takes its numbers from the ledgers even when quality.json is older than them."""
+    from graph.dataset_stats import load_run
+    from graph.report import build_report, markdown
+
+    out = tmp_path / "run"
+    res = run_cli(*_args(fake_server.base_url, out, "--per-reference", "2"))
+    assert res.returncode == 0, res.stderr
+    accepted = read(out / "samples.jsonl", Sample)
+    assert len(accepted) == 12 and read(out / "rejected.jsonl", Sample) == []
+    quality = json.loads((out / "quality.json").read_text())
+    assert quality["checked"] == quality["passed"] == len(accepted)
+    assert quality["dropped"] == {"near-duplicate": 0, "decontamination": 0}
+
+    stale = {**quality, "checked": 0, "passed": 0}  # as written at the start of the run
+    (out / "quality.json").write_text(json.dumps(stale))
+    report = build_report(load_run(out))
+    assert report["quality"]["checked"] == report["quality"]["passed"] == 12
+    assert "Quality gates: 12 checked, 12 kept" in markdown(report, [])

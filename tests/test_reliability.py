@@ -25,6 +25,7 @@ from graph.ledger import Ledger
 from graph.runfolder import Manifest
 from nodes.circuit import CircuitBreaker, CircuitOpen
 from nodes.llm import Completion, HTTPTransport, LLMClient, LLMError, TransportError
+from nodes.stops import ServerRefused
 from state.records import ReferenceDone, Sample
 
 from .conftest import REPO
@@ -185,22 +186,22 @@ def test_retry_after_is_honoured_over_http() -> None:
 
 
 def test_api_key_echoed_by_server_is_scrubbed() -> None:
-    async def go(server: FakeServer) -> LLMError:
+    async def go(server: FakeServer) -> ServerRefused:
         client = LLMClient(HTTPTransport(server.base_url, "fake", "sk-echo-me-1234", timeout=5))
         try:
             await client.text(
                 [{"role": "user", "content": "hi"}], task="t", temperature=0, max_tokens=16
             )
-        except LLMError as exc:
+        except ServerRefused as exc:
             return exc
         finally:
             await client.aclose()
-        raise AssertionError("a 401 must fail the call")
+        raise AssertionError("a 401 must stop the run")
 
     with FakeServer(0.0, fault_rate=1.0, faults=["auth"]) as server:
         error = asyncio.run(go(server))
+        assert server.stats()["requests"] == 1  # a 401 is not retried
     assert error.message == "HTTP 401: Incorrect API key provided: ***"
-    assert error.usage.calls == 1  # a 401 is not retried
 
 
 # --- the circuit breaker -----------------------------------------------------------------
@@ -283,6 +284,30 @@ def test_client_waits_for_the_server_then_opens_the_circuit() -> None:
     assert asyncio.run(back_soon()) == "fine"
 
 
+class Poisoned:
+    """A transport whose server answers every request with the same 500."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def complete(self, messages: object, params: object) -> Completion:
+        self.calls += 1
+        raise TransportError("http", "HTTP 500: boom", retryable=True, status=500)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_500_ends_after_the_retries_even_with_the_breaker() -> None:
+    """An error the server answers is not the server being away: with nothing else
+    answered, the call still ends after its retries (the breaker does not hold it)."""
+    poisoned = Poisoned()
+    client = LLMClient(poisoned, max_retries=2, backoff_base=0.001, circuit=CircuitBreaker(30))
+    with pytest.raises(LLMError, match="HTTP 500: boom"):
+        asyncio.run(client.text([], task="t", temperature=0, max_tokens=8))
+    assert poisoned.calls == 3
+
+
 def test_circuit_open_stops_the_run_and_it_resumes(tmp_path: Path) -> None:
     seeds = write_seeds(tmp_path / "seeds.jsonl", 6)
     out = tmp_path / "run"
@@ -346,6 +371,49 @@ def test_run_completes_under_20_percent_faults_of_every_kind(tmp_path: Path) -> 
     )
 
 
+def test_poison_requests_fail_their_candidates_and_nothing_else(tmp_path: Path) -> None:
+    """A fifth of the distinct requests fail every time they are sent (HTTP 500, keyed on
+    the body): the run completes; every candidate is judged, or failed with the status and
+    the server's message of a poisoned request; the one endpoint is never ejected."""
+    n_refs, per_ref, retries = 10, 3, 2
+    seeds = write_seeds(tmp_path / "seeds.jsonl", n_refs)
+    out = tmp_path / "run"
+    with FakeServer(0.02, poison_rate=0.2, poison_seed=4) as server:
+        args = run_args(server, seeds, out, "--per-reference", str(per_ref))
+        args += ["--max-retries", str(retries), "--concurrency", "8"]
+        code, output = run_cli(*args)
+        poisoned = server.stats()["poisoned"]
+    assert code == 0, output
+    assert poisoned["distinct"] >= 5, poisoned  # the run met the poison
+    # each sent twice: the same answer again, while the server answers others, ends it
+    # (three times when nothing else was answered between its first two)
+    assert 2 in poisoned["sent"].values() and set(poisoned["sent"].values()) <= {2, 1 + retries}
+    accepted, rejected = samples(out)
+    judged = [s for s in accepted + rejected if s.judgement is not None]
+    failed = [s for s in rejected if s.status == "failed"]
+    assert len(judged) + len(failed) == len(accepted) + len(rejected)
+    named = set()
+    for s in failed:  # each names the poisoned request that failed it, with status and message
+        reason = s.reason or ""
+        assert "InternalServerError: HTTP 500: poisoned request " in reason, reason
+        assert "the request fails, not the server" in reason or s.usage.failed_calls > 2
+        named.add(reason.split("poisoned request ")[1].split(":")[0])
+    assert named <= set(poisoned["sent"])
+    done = list(Ledger(out / "references.jsonl").read(ReferenceDone))
+    assert len(done) == n_refs
+    for d in done:  # a reference stopped early by a poisoned reference-level call says so
+        assert d.error is None or "poisoned request" in d.error, d.error
+    log_text = (out / "log.jsonl").read_text()
+    assert "endpoint_ejected" not in log_text
+    assert failed and judged
+    figure(
+        f"poison: {poisoned['distinct']} of the distinct requests poisoned, sent "
+        f"{poisoned['requests']} times; {len(judged)} candidates judged, {len(failed)} failed with "
+        f"the poisoned request named, {sum(1 for d in done if d.error)} references stopped "
+        "early; 0 ejections"
+    )
+
+
 @pytest.mark.slow
 def test_twenty_sigkills_in_a_200_sample_run(tmp_path: Path) -> None:
     seeds = write_seeds(tmp_path / "seeds.jsonl", 50)
@@ -403,6 +471,8 @@ def test_double_ctrl_c_stops_at_once_and_loses_nothing(tmp_path: Path) -> None:
         _, first = proc.communicate(timeout=10)
         one_stop = time.monotonic() - t0
         assert proc.returncode == 130 and "rerun the same command to resume" in first
+        quality = json.loads((out / "quality.json").read_text())  # written on the way out
+        assert quality["checked"] == quality["passed"] == lines(out / "samples.jsonl") > 0
         proc = cli(*args)
         wait_for(out / "samples.jsonl", lines(out / "samples.jsonl") + 2, proc)
         t0 = time.monotonic()
@@ -531,24 +601,31 @@ def test_api_key_never_written_even_on_error_paths(tmp_path: Path) -> None:
     seeds = write_seeds(tmp_path / "seeds.jsonl", 4)
     env = {"OPENAI_API_KEY": secret}
     outputs = []
-    with FakeServer(0.0, fault_rate=0.3, faults=["auth", "500", "reset"], fault_seed=2) as server:
+    with FakeServer(0.0, fault_rate=0.3, faults=["500", "reset"], fault_seed=2) as server:
         out = tmp_path / "run"
         args = run_args(server, seeds, out, "--per-reference", "2", "--log-level", "debug")
-        code, output = run_cli(*args, env=env)
+        code, output = run_cli(*args, env=env)  # a run with faults and debug logs
         outputs.append(output)
         assert code == 0, output
-        assert server.stats()["faults"].get("auth", 0) > 0
-        _, rejected = samples(out)
-        assert any("Incorrect API key provided: ***" in (s.reason or "") for s in rejected)
-    code, output = run_cli(  # and a run that cannot reach its server: the breaker stops it
-        *run_args(server, seeds, tmp_path / "gone", "--circuit-open-after", "1"), env=env
+    # a server echoing the key in its 401s: the run stops on the first one
+    with FakeServer(0.0, fault_rate=0.3, faults=["auth"], fault_seed=2) as server:
+        args = run_args(server, seeds, tmp_path / "echo", "--per-reference", "2")
+        code, output = run_cli(*args, "--log-level", "debug", env=env)
+        outputs.append(output)
+        assert code == 2, output
+        assert "refused the API key (HTTP 401: Incorrect API key provided: ***)" in output
+    code, output = run_cli(  # and a run that cannot reach its server: the pre-flight stops it
+        *run_args(server, seeds, tmp_path / "gone"), env=env
     )
     outputs.append(output)
-    assert code == 75, output
+    assert code == 2 and "cannot reach the LLM server" in output, output
     found = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert found == [] and not any(secret in o for o in outputs)
     scanned = sum(1 for p in tmp_path.rglob("*") if p.is_file())
-    figure(f"secrets: 2 runs (a 401 echoing the key, no server): key in 0 of {scanned} files")
+    figure(
+        f"secrets: 3 runs (faults with debug logs, a 401 echoing the key, no server): key in 0 "
+        f"of {scanned} files"
+    )
 
 
 # --- hostile seed records ------------------------------------------------------------------

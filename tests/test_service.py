@@ -201,6 +201,35 @@ def test_readyz_reports_a_dead_llm_server(tmp_path: Path) -> None:
         svc.stop()
 
 
+def test_readyz_runs_the_preflight_check_and_refusals_are_502(tmp_path: Path) -> None:
+    """Wrong key, then a model the server does not serve: the service starts, /readyz says
+    what is wrong, and a request gets a 502 with the reason (never a 500); once fixed, 200."""
+    fake = FakeServerProc(latency=0.0, models=["smollm2"], api_key="sk-llm-right-1234")
+    svc = Service(fake.base_url, "fake", tmp_path, REFED_API_KEY="sk-llm-wrong-5678")
+    try:
+        r = httpx.get(svc.url + "/readyz", timeout=30)
+        assert r.status_code == 503 and r.json()["status"] == "unavailable"
+        assert f"the LLM server at {fake.base_url} refused the API key (HTTP 401" in r.text
+        r = httpx.post(svc.url + "/v1/synthesize", json=PAIR, headers=AUTH, timeout=60)
+        assert r.status_code == 502 and r.json()["error"] == "llm_failed", r.text
+        assert "refused the API key" in r.json()["detail"]
+        fake.require_key(None)  # the key problem fixed: the model is the next one
+        r = httpx.get(svc.url + "/readyz", timeout=30)
+        assert r.status_code == 503
+        assert "does not serve model 'fake'; it serves: smollm2" in r.json()["detail"]
+        r = httpx.post(svc.url + "/v1/synthesize", json=PAIR, headers=AUTH, timeout=60)
+        assert r.status_code == 502 and "it serves: smollm2" in r.json()["detail"], r.text
+        fake.serve_models("fake")
+        assert httpx.get(svc.url + "/readyz", timeout=30).status_code == 200
+        r = httpx.post(svc.url + "/v1/synthesize", json=PAIR, headers=AUTH, timeout=60)
+        assert r.status_code == 200, r.text
+        assert "llm_preflight_failed" in svc.log.read_text()  # the start-up check said so
+        assert "sk-llm-wrong-5678" not in svc.log.read_text()
+    finally:
+        svc.stop()
+        fake.stop()
+
+
 # --- property-based: no input makes the service answer 5xx (fake LLM server) ---------------
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from nodes.balancer import endpoint_client
 from nodes.llm import (
     HTTPTransport,
     LLMClient,
@@ -24,6 +25,7 @@ from nodes.llm import (
     openai_chat_model,
     openai_transport,
 )
+from nodes.stops import ServerRefused
 from state.llm_outputs import JudgeOut
 
 MESSAGES = [{"role": "system", "content": "You review."}, {"role": "user", "content": "Hi"}]
@@ -70,6 +72,11 @@ class Canned:
             "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
         }
 
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [{"id": "smollm2"}, {"id": "smollm2-lora"}]}
+        )
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.bodies.append(await request.json())
         self.headers.append(dict(request.headers))
@@ -86,6 +93,7 @@ async def canned() -> AsyncIterator[tuple[Canned, str]]:
     state = Canned()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", state.handle)
+    app.router.add_get("/v1/models", state.models)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -213,8 +221,9 @@ async def test_server_error_exhausted_is_an_http_error(canned: tuple[Canned, str
     assert info.value.usage.calls == 3 and info.value.usage.failed_calls == 3
 
 
-@pytest.mark.parametrize("status", [400, 401, 404, 422])
+@pytest.mark.parametrize("status", [400, 422])
 async def test_client_errors_are_not_retried(canned: tuple[Canned, str], status: int) -> None:
+    """400 and 422: the request is wrong; its candidate fails at once with the reason."""
     state, url = canned
     state.queue.append((status, {"error": {"message": "bad schema"}}, {}))
     c = client(url, max_retries=3)
@@ -224,6 +233,92 @@ async def test_client_errors_are_not_retried(canned: tuple[Canned, str], status:
     assert info.value.kind == "http"
     assert info.value.message == f"HTTP {status}: bad schema"
     assert len(state.bodies) == 1
+
+
+CONTEXT_ERROR = {
+    "error": {
+        "message": "This model's maximum context length is 2048 tokens. However, you requested "
+        "2300 tokens (2100 in the messages, 200 in the completion). Please reduce the length "
+        "of the messages or completion.",
+        "type": "BadRequestError",
+        "code": 400,
+    }
+}
+
+
+@pytest.mark.parametrize("status", [400, 500])
+async def test_context_length_error_is_not_retried(canned: tuple[Canned, str], status: int) -> None:
+    """vLLM's context-length error fails at once, also when a server sends it as a 500."""
+    state, url = canned
+    state.queue += [(status, CONTEXT_ERROR, {})] * 4
+    c = client(url, max_retries=3)
+    with pytest.raises(LLMError) as info:
+        await c.text(MESSAGES, task="respond", temperature=0, max_tokens=200)
+    await c.aclose()
+    assert f"HTTP {status}: This model's maximum context length is 2048" in info.value.message
+    assert len(state.bodies) == 1 and info.value.usage.calls == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_key_stops_at_once_with_advice(
+    canned: tuple[Canned, str], status: int
+) -> None:
+    """401 and 403 are no candidate's fault: ServerRefused (the run stops), not an LLMError."""
+    state, url = canned
+    state.queue.append((status, {"error": {"message": "invalid key sk-test"}}, {}))
+    c = client(url, max_retries=3)
+    with pytest.raises(ServerRefused) as info:
+        await c.text(MESSAGES, task="respond", temperature=0, max_tokens=9)
+    await c.aclose()
+    assert not isinstance(info.value, LLMError)
+    text = str(info.value)
+    assert f"refused the API key (HTTP {status}: invalid key ***)" in text  # key scrubbed
+    assert "REFED_API_KEY" in text and info.value.status_code == status
+    assert len(state.bodies) == 1
+
+
+async def test_an_unknown_model_stops_at_once_listing_the_served_ones(
+    canned: tuple[Canned, str],
+) -> None:
+    state, url = canned
+    state.queue.append((404, {"error": {"message": "The model `m` does not exist."}}, {}))
+    c = endpoint_client(url, "m", "sk-test", max_retries=3)
+    with pytest.raises(ServerRefused) as info:
+        await c.text(MESSAGES, task="respond", temperature=0, max_tokens=9)
+    await c.aclose()
+    assert info.value.served == ["smollm2", "smollm2-lora"] and info.value.url == url
+    assert str(info.value) == (
+        f"the LLM server at {url} does not serve model 'm' (HTTP 404: The model `m` does not "
+        "exist.); it serves: smollm2, smollm2-lora (set --model to one of them)"
+    )
+    assert len(state.bodies) == 1
+
+
+class Hints(LLMClient):
+    """A client that records the server's hint each backoff got, and does not sleep."""
+
+    hints: list[float | None]
+
+    async def _backoff(
+        self, attempt: int, hinted: float | None, limit: float = 0, *, quick: bool = False
+    ) -> None:
+        self.hints.append(hinted)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_busy_answers_are_retried_with_their_retry_after(
+    canned: tuple[Canned, str], status: int
+) -> None:
+    state, url = canned
+    state.queue += [
+        (status, {"error": {"message": "busy"}}, {"retry-after": "7"}),
+        (status, {"error": {"message": "busy"}}, {"retry-after": "2.5"}),
+    ]
+    c = Hints(openai_transport(url, "m", "sk-test", timeout=5.0), max_retries=3)
+    c.hints = []
+    reply = await c.text(MESSAGES, task="respond", temperature=0, max_tokens=9)
+    await c.aclose()
+    assert reply.usage.calls == 3 and c.hints == [7.0, 2.5]
 
 
 async def test_unreadable_answer_is_retried(canned: tuple[Canned, str]) -> None:

@@ -18,7 +18,9 @@ decision is final once its sample is in a ledger (the runner never screens a
 and ``samples.jsonl`` (``load``), so it decides against exactly what was kept.
 
 ``quality.json`` in the run folder summarises what the gate did, per filter and per
-benchmark; it is rebuilt from the ledgers on every start, so it survives crashes.
+benchmark. It is written at the start (rebuilt from the ledgers, so it survives
+crashes), when a sample is dropped, and when the run ends or is stopped;
+``with_ledger_counts`` recounts it from a run's ledgers, as the report does.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from state.settings import RefedSettings
 if TYPE_CHECKING:
     from graph.runfolder import RunFolder
 
-__all__ = ["QualityGate", "Rejection", "gate_summary"]
+__all__ = ["QualityGate", "Rejection", "gate_summary", "with_ledger_counts"]
 
 MATCH_CHARS = 500
 QUALITY_FILE = "quality.json"
@@ -288,26 +290,11 @@ class QualityGate:
 
     # --- reporting ----------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        c = self.counts
-        near = sum(c.near_dup.values())
-        contaminated = sum(b["dropped"] for b in c.bench.values())
-        benches: dict[str, Any] = {}
-        for b in self.benchmarks:
-            got = c.bench.get(b.name, Counter())
-            benches[b.name] = {
-                "path": b.path,
-                "sha256": b.sha256,
-                "field": b.field_name,
-                "prompts": len(b.prompts),
-                "dropped": got["dropped"],
-                "by_test": {k[5:]: v for k, v in sorted(got.items()) if k.startswith("test:")},
-                "by_field": {k[6:]: v for k, v in sorted(got.items()) if k.startswith("field:")},
-            }
-        return {
+        summary: dict[str, Any] = {
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-            "checked": c.passed + near + contaminated,
-            "passed": c.passed,
-            "dropped": {"near-duplicate": near, "decontamination": contaminated},
+            "checked": 0,  # the counts: _put_counts
+            "passed": 0,
+            "dropped": {},
             "near_duplicate": {
                 "method": self.near_dup,
                 "threshold": self.threshold,
@@ -317,25 +304,75 @@ class QualityGate:
                     else {}
                 ),
                 "seeds_indexed": self.seeds,
-                "dropped": near,
-                "of_seed": c.near_dup["seed"],
-                "of_sample": c.near_dup["sample"],
             },
             "decontamination": {
                 "ngram": self.ngram,
                 "rouge": self.decontam_rouge,
-                "dropped": contaminated,
-                "benchmarks": benches,
+                "benchmarks": {
+                    b.name: {
+                        "path": b.path,
+                        "sha256": b.sha256,
+                        "field": b.field_name,
+                        "prompts": len(b.prompts),
+                    }
+                    for b in self.benchmarks
+                },
             },
             "gate_seconds_this_process": round(self.seconds, 3),
         }
+        _put_counts(summary, self.counts)
+        return summary
 
     def write_summary(self) -> None:
         if self.path is None:
             return
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.summary(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(self.summary(), indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk leaves the old file and no debris
+            raise
+
+
+def _put_counts(summary: dict[str, Any], c: _Counts) -> None:
+    """Write the counts ``c`` into ``summary`` (its settings part already there)."""
+    near = sum(c.near_dup.values())
+    contaminated = sum(b["dropped"] for b in c.bench.values())
+    summary["checked"] = c.passed + near + contaminated
+    summary["passed"] = c.passed
+    summary["dropped"] = {"near-duplicate": near, "decontamination": contaminated}
+    summary["near_duplicate"].update(
+        dropped=near, of_seed=c.near_dup["seed"], of_sample=c.near_dup["sample"]
+    )
+    summary["decontamination"]["dropped"] = contaminated
+    for name, bench in summary["decontamination"]["benchmarks"].items():
+        got = c.bench.get(name, Counter())
+        bench["dropped"] = got["dropped"]
+        bench["by_test"] = {k[5:]: v for k, v in sorted(got.items()) if k.startswith("test:")}
+        bench["by_field"] = {k[6:]: v for k, v in sorted(got.items()) if k.startswith("field:")}
+
+
+def with_ledger_counts(
+    summary: dict[str, Any], accepted: Iterable[Sample], rejected: Iterable[Sample]
+) -> dict[str, Any]:
+    """``summary`` (a run's ``quality.json``) with its counts taken from the run's ledgers.
+
+    Every accepted sample passed the gate and every drop is a rejected sample with its
+    filter, so the ledgers hold the final numbers even when the file is older than them
+    (a run killed before it could write it).
+    """
+    counts = _Counts(passed=sum(1 for s in accepted if s.status == "accepted"))
+    for sample in rejected:
+        if sample.filter is not None:
+            counts.count(sample.filter)
+    out = json.loads(json.dumps(summary))  # a deep copy
+    out.setdefault("near_duplicate", {})
+    out.setdefault("decontamination", {}).setdefault("benchmarks", {})
+    for name in counts.bench:  # a benchmark the file does not know (should not happen)
+        out["decontamination"]["benchmarks"].setdefault(name, {})
+    _put_counts(out, counts)
+    return out
 
 
 def gate_summary(run_dir: Path) -> dict[str, Any] | None:
