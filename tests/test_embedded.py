@@ -24,7 +24,13 @@ import pytest
 import embedded
 from embedded import server as server_mod
 from embedded import weights
-from embedded.server import CPU_EXTRA_HINT, EmbeddedServer, EmbeddedServerError, find_free_port
+from embedded.server import (
+    CPU_EXTRA_HINT,
+    EmbeddedServer,
+    EmbeddedServerError,
+    compute_dtype,
+    find_free_port,
+)
 from embedded.weights import (
     GGUF_MEMBER,
     GGUF_SHA256,
@@ -245,6 +251,14 @@ def test_find_free_port_is_bindable() -> None:
         sock.bind(("127.0.0.1", port))
 
 
+def test_compute_dtype_follows_the_cpu() -> None:
+    """Native bfloat16 only where the CPU has it; emulated bfloat16 is 3x slower."""
+    assert compute_dtype("flags\t\t: fpu sse avx avx2 fma\n") == "float32"
+    assert compute_dtype("flags\t\t: fpu avx2 avx512f avx512_bf16\n") == "bfloat16"
+    assert compute_dtype("flags\t\t: fpu avx2 amx_bf16 amx_tile\n") == "bfloat16"
+    assert compute_dtype("") == "float32"
+
+
 def test_build_command_and_env(tmp_path: Path) -> None:
     srv = EmbeddedServer(tmp_path / "model", cache_dir=tmp_path, extra_args=["--seed", "1"])
     cmd = srv.build_command(tmp_path / "model", 12345)
@@ -255,9 +269,10 @@ def test_build_command_and_env(tmp_path: Path) -> None:
         "--served-model-name smollm2",
         "--host 127.0.0.1",
         "--port 12345",
-        "--dtype bfloat16",
+        f"--dtype {compute_dtype()}",
         "--max-model-len 4096",
         "--enforce-eager",
+        "--no-enable-chunked-prefill",
     ):
         assert flag in joined
     structured = cmd[cmd.index("--structured-outputs-config") + 1]
