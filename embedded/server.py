@@ -36,10 +36,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CPU_EXTRA_HINT",
-    "compute_dtype",
     "DEFAULT_MODEL_NAME",
     "EmbeddedServer",
     "EmbeddedServerError",
+    "compute_dtype",
     "find_free_port",
     "vllm_available",
 ]
