@@ -1,61 +1,75 @@
 """``python -m metric``: the learned metric judge.
 
-run     train and evaluate from scratch all three settings (single-task, multi-task,
-        leave-one-task-out) with the baselines; writes OUT/results.md, OUT/results.json,
-        OUT/run.log and the multi-task model OUT/model (a Hugging Face folder)
+run     train and evaluate from scratch every setting (single-task, multi-task, multi-task
+        with negatives, leave-one-task-out) for each base and seed, with the baselines and
+        the junk set; writes OUT/results.md, OUT/results.json, OUT/run.log and the served
+        model OUT/model (a Hugging Face folder; a second base: OUT/model-BASE)
 score   score a JSONL file of records on a criteria set with a saved model (a folder:
         in-process; a URL: a vLLM server serving the folder)
-serve   serve a saved folder with vLLM's OpenAI-compatible server (pooling: /score)
+serve   serve a saved folder with vLLM's OpenAI-compatible server (pooling runner)
+table   re-render OUT/results.md from OUT/results.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from metric.data import TASKS, Caps, task_file
-from metric.llm_baseline import LLMConfig
+from metric.llm_baseline import Endpoint, LLMConfig, resolve_endpoint
 from metric.train import TrainConfig
+
+QUICK_CAPS = Caps(48, 64, 8)
+QUICK_SEEDS, QUICK_EPOCHS, QUICK_NEGATIVES, QUICK_JUNK = (0,), 1, 40, 10
+"""``--quick``: a small run for CI and a first look (minutes, not hours); flags given
+explicitly win."""
 
 
 def _cap(value: str) -> int | None:
     return None if value.lower() in ("none", "all", "0") else int(value)
 
 
+def _ints(value: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in value.split(",") if v.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from metric.bases import BASES, DEFAULT_BASE
+
     p = argparse.ArgumentParser(prog="python -m metric", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
     run = sub.add_parser("run", help="Train and evaluate all settings from scratch.")
     run.add_argument("--out", type=Path, default=Path("runs/metric"))
+    run.add_argument("--quick", action="store_true", help="A small run (CI): caps, one seed.")
     run.add_argument(
         "--tasks", default=",".join(TASKS), help=f"Built-in tasks: {', '.join(TASKS)}."
     )
     run.add_argument("--task-file", action="append", default=[], help="A user task (TOML).")
+    run.add_argument(
+        "--bases",
+        default=DEFAULT_BASE,
+        help=f"Bases to train, comma-separated: {', '.join(BASES)} (the first is saved as "
+        "OUT/model).",
+    )
+    run.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="Training seeds.")
+    run.add_argument("--split-seed", type=int, default=0, help="Seed of the source splits.")
     run.add_argument("--settings", default="single,multi,loto")
-    d, t = Caps(), TrainConfig()
     run.add_argument(
-        "--train-cap",
-        type=_cap,
-        default=d.train_per_criterion,
-        help="Training texts per (set, criterion) (none: all).",
+        "--train-cap", type=_cap, default=None, help="Training texts per (set, criterion)."
     )
+    run.add_argument("--test-cap", type=_cap, default=None, help="Test texts per (set, criterion).")
     run.add_argument(
-        "--test-cap",
-        type=_cap,
-        default=d.test_per_criterion,
-        help="Test texts per (set, criterion) (none: all).",
-    )
-    run.add_argument(
-        "--max-members",
-        type=_cap,
-        default=d.max_members,
-        help="Training texts per source and criterion.",
+        "--max-members", type=_cap, default=None, help="Training texts per source and criterion."
     )
     run.add_argument("--test-fraction", type=float, default=0.3)
+    t = TrainConfig()
     run.add_argument("--epochs", type=int, default=t.epochs)
     run.add_argument("--batch-size", type=int, default=t.batch_size)
     run.add_argument("--lr", type=float, default=t.lr)
@@ -63,17 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--regression-weight", type=float, default=t.regression_weight)
     run.add_argument("--min-gap", type=float, default=t.min_gap)
     run.add_argument("--train-layers", type=int, default=t.train_layers)
-    run.add_argument("--max-len", type=int, default=t.max_len)
-    run.add_argument("--seed", type=int, default=t.seed)
-    run.add_argument("--no-bf16", action="store_true", help="float32 throughout (slower).")
+    run.add_argument("--max-len", type=int, help="Input tokens (default: the base's own).")
+    run.add_argument(
+        "--negatives",
+        type=int,
+        default=200,
+        help="Auto-J training requests made into negatives (0: none).",
+    )
+    run.add_argument("--junk", type=int, default=30, help="References in the junk set (0: none).")
+    run.add_argument(
+        "--cache",
+        type=Path,
+        help="Where the frozen layers' output is kept (default ~/.cache/refed/metric).",
+    )
+    run.add_argument("--no-cache", action="store_true", help="Compute it, keep nothing.")
+    run.add_argument(
+        "--keep-lower-layer",
+        action="store_true",
+        help="Also keep the output one layer lower (for a later --train-layers one higher).",
+    )
     run.add_argument("--threads", type=int, help="torch threads (default: torch's).")
-    lc = LLMConfig()
     run.add_argument(
         "--llm-base-url",
-        default=lc.base_url,
-        help="OpenAI-compatible server for the LLM-judge baseline ('' to skip).",
+        help="OpenAI-compatible server for the LLM-judge baseline; 'embedded' starts the "
+        "embedded one; 'none' skips it (default: Refed's configured endpoint, if any).",
     )
-    run.add_argument("--llm-model", default=lc.model)
+    run.add_argument("--llm-model", help="Its model (default: Refed's configured model).")
+    lc = LLMConfig()
     run.add_argument(
         "--llm-records",
         type=int,
@@ -100,53 +130,104 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", type=Path, help="Output JSONL (default INPUT.metric.jsonl).")
     sc.add_argument("--key", default="metric")
 
-    tb = sub.add_parser("table", help="Re-render results.md and the model card.")
+    tb = sub.add_parser("table", help="Re-render results.md.")
     tb.add_argument("out", type=Path, nargs="?", default=Path("runs/metric"))
 
-    sv = sub.add_parser("serve", help="Serve a saved folder with vLLM (/score).")
+    sv = sub.add_parser("serve", help="Serve a saved folder with vLLM (pooling runner).")
     sv.add_argument("--model", type=Path, default=Path("runs/metric/model"))
     sv.add_argument("--port", type=int, default=8392)
     return p
 
 
+@contextlib.contextmanager
+def llm_endpoint(args: argparse.Namespace, out: Path) -> Iterator[Endpoint]:
+    """The LLM baseline's endpoint for the run (the embedded server runs as long as it)."""
+    end = resolve_endpoint(args.llm_base_url, args.llm_model)
+    if not end.embedded:
+        yield end
+        return
+    from embedded import EmbeddedServer, EmbeddedServerError
+
+    try:
+        server = EmbeddedServer(log_file=out / "vllm.log").start()
+    except EmbeddedServerError as exc:
+        yield Endpoint(None, end.model, f"LLM-judge baseline: skipped, embedded server: {exc}")
+        return
+    try:
+        yield Endpoint(
+            server.base_url, server.model, f"LLM-judge baseline: embedded {server.model}"
+        )
+    finally:
+        server.stop()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from graph.logs import configure_logging
+    from metric.bases import BASES
     from metric.experiment import RunConfig, run
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        print(f"unknown tasks {unknown}; built-in: {', '.join(TASKS)}", file=sys.stderr)
+    bases = tuple(b.strip() for b in args.bases.split(",") if b.strip())
+    unknown_bases = [b for b in bases if b not in BASES]
+    if unknown or unknown_bases or not bases:
+        print(
+            f"unknown tasks {unknown} or bases {unknown_bases}; built-in tasks: "
+            f"{', '.join(TASKS)}; bases: {', '.join(BASES)}",
+            file=sys.stderr,
+        )
         return 2
-    cfg = RunConfig(
-        out=args.out,
-        tasks=tasks,
-        caps=Caps(args.train_cap, args.test_cap, args.max_members),
-        train=TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            head_lr=args.head_lr,
-            regression_weight=args.regression_weight,
-            min_gap=args.min_gap,
-            train_layers=args.train_layers,
-            max_len=args.max_len,
-            seed=args.seed,
-            bf16=not args.no_bf16,
-        ),
-        llm=LLMConfig(
-            base_url=args.llm_base_url or None,
-            model=args.llm_model,
-            slice_records=args.llm_records,
-            slice_pairs=args.llm_pairs,
-            reuse_dir=args.llm_reuse if args.llm_reuse and str(args.llm_reuse) else None,
-            seed=args.seed,
-        ),
-        test_fraction=args.test_fraction,
-        settings=tuple(s.strip() for s in args.settings.split(",") if s.strip()),
-        threads=args.threads,
-        extra_tasks=tuple(task_file(f) for f in args.task_file),
-    )
-    run(cfg)
+    args.out.mkdir(parents=True, exist_ok=True)
+    # The LLM client's retries and warnings go to a file, never to the console.
+    configure_logging(args.out / "llm.log", level="info", console_level="critical")
+    caps = Caps(args.train_cap, args.test_cap, args.max_members)
+    seeds, epochs, negatives, junk = args.seeds, args.epochs, args.negatives, args.junk
+    if args.quick:
+        caps = QUICK_CAPS if caps == Caps(None, None, None) else caps
+        seeds = QUICK_SEEDS if seeds == (0, 1, 2) else seeds
+        epochs = QUICK_EPOCHS if epochs == TrainConfig().epochs else epochs
+        negatives = QUICK_NEGATIVES if negatives == 200 else negatives
+        junk = QUICK_JUNK if junk == 30 else junk
+    with llm_endpoint(args, args.out) as end:
+        print(end.note, file=sys.stderr)
+        cfg = RunConfig(
+            out=args.out,
+            tasks=tasks,
+            bases=bases,
+            seeds=seeds,
+            split_seed=args.split_seed,
+            caps=caps,
+            train=TrainConfig(
+                epochs=epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                head_lr=args.head_lr,
+                regression_weight=args.regression_weight,
+                min_gap=args.min_gap,
+                train_layers=args.train_layers,
+            ),
+            llm=LLMConfig(
+                base_url=end.url,
+                model=end.model,
+                slice_records=args.llm_records,
+                slice_pairs=args.llm_pairs,
+                reuse_dir=args.llm_reuse if args.llm_reuse and str(args.llm_reuse) else None,
+                seed=args.split_seed,
+            ),
+            test_fraction=args.test_fraction,
+            settings=tuple(s.strip() for s in args.settings.split(",") if s.strip()),
+            negatives=negatives,
+            junk=junk,
+            max_len={b: args.max_len for b in bases} if args.max_len else {},
+            keep_lower=args.keep_lower_layer,
+            threads=args.threads,
+            extra_tasks=tuple(task_file(f) for f in args.task_file),
+        )
+        if args.no_cache:
+            cfg = replace(cfg, cache_dir=None)
+        elif args.cache:
+            cfg = replace(cfg, cache_dir=args.cache)
+        run(cfg)
     print((args.out / "results.md").read_text())
     return 0
 
@@ -179,12 +260,15 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
-    from metric.serving import encoder_server
+    from metric.serving import model_server
 
     # SIGTERM (and SIGINT, which a background job ignores) stop the server cleanly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with encoder_server(args.model, args.port) as url:
-        print(f"serving {args.model} at {url} (POST {url}/score); Ctrl-C stops", file=sys.stderr)
+    from metric.serving import kind_of
+
+    route = "/classify" if kind_of(args.model) == "decoder" else "/score"
+    with model_server(args.model, args.port) as url:
+        print(f"serving {args.model} at {url} (POST {url}{route}); Ctrl-C stops", file=sys.stderr)
         try:
             while True:
                 time.sleep(3600)
@@ -194,12 +278,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from metric.experiment import model_card, results_markdown
+    from metric.report import results_markdown
 
     results = json.loads((args.out / "results.json").read_text())
     (args.out / "results.md").write_text(results_markdown(results))
-    if (args.out / "model" / "config.json").is_file():
-        (args.out / "model" / "README.md").write_text(model_card(results))
     print((args.out / "results.md").read_text())
     return 0
 

@@ -189,6 +189,8 @@ class Example:
     context: tuple[Field, ...]
     target: str
     scale: tuple[int, int]
+    target_label: str = "Text"
+    """How the judged text is named (its criteria set's field label)."""
     rating: float | None = None
     """Averaged human rating on the criterion's scale (None: a pairwise set)."""
     doc: str | None = None
@@ -270,6 +272,7 @@ def build_task(spec: TaskSpec, *, seed: int = 0, test_fraction: float = 0.3) -> 
                         context=context_fields(cset, c, item.fields, spec.keep_end),
                         target=item.fields[cset.target],
                         scale=c.scale,
+                        target_label=cset.fields[cset.target],
                         rating=item.human[c.name],
                         doc=item.doc,
                         system=item.system,
@@ -297,6 +300,7 @@ def build_task(spec: TaskSpec, *, seed: int = 0, test_fraction: float = 0.3) -> 
                             context=context_fields(cset, c, record, spec.keep_end),
                             target=text,
                             scale=c.scale,
+                            target_label=cset.fields[cset.target],
                             variant=v,
                         )
                         data.examples[ex.uid] = ex

@@ -53,6 +53,9 @@ class Row:
     n: int
     n_pairs: int
     note: str = ""
+    base: str = ""
+    """The base model of a trained setting (empty for the baselines that have none)."""
+    seed: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {

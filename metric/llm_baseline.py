@@ -1,10 +1,16 @@
-"""The LLM judge as a baseline: Refed's own judge (``nodes.judging``) on the embedded model.
+"""The LLM judge as a baseline: Refed's own judge (``nodes.judging``) on a configured model.
 
 Two sources, said in the output: the records an earlier ``python -m graph.judge eval`` run
 already judged (``runs/judge-eval/SET/judged.jsonl``, used when its criteria version is the
 current one), or live calls on a small deterministic slice of the test set through an
-OpenAI-compatible server (the shared vLLM server; the pipeline's client layer and prompts,
-score only, log-probability expectations as ``judge eval`` does).
+OpenAI-compatible server (the pipeline's client layer and prompts, score only,
+log-probability expectations as ``judge eval`` does).
+
+Which server (``resolve_endpoint``): the one named on the command line; else the judge's or
+the generator's endpoint from Refed's settings (``REFED_JUDGE_BASE_URL``, ``REFED_BASE_URL``,
+``OPENAI_BASE_URL`` or the ``--config`` file); ``embedded`` starts the embedded vLLM CPU
+server for the run. With none, or one that does not answer ``/v1/models``, the baseline is
+skipped with one line saying how to enable it.
 """
 
 from __future__ import annotations
@@ -26,9 +32,70 @@ OPTIONS = JudgeOptions(temperature=0.0, logprobs=5, rationale_chars=0, seed=0)
 """As the ``judge eval`` reports in runs/judge-eval were made: score only, log-probabilities."""
 
 
+SKIP_HINT = (
+    "pass --llm-base-url URL (an OpenAI-compatible /v1 endpoint), set REFED_BASE_URL, or "
+    "--llm-base-url embedded to start the embedded vLLM CPU server"
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the baseline's calls go (``url`` None: skipped, ``note`` says why)."""
+
+    url: str | None
+    model: str
+    note: str
+    embedded: bool = False
+
+
+def resolve_endpoint(flag: str | None, model: str | None = None) -> Endpoint:
+    """The LLM judge's endpoint for the baseline: the flag (a URL, ``embedded`` or ``none``),
+    else Refed's settings; checked with ``GET /v1/models``."""
+    if flag is not None and flag.strip().lower() in ("", "none", "off"):
+        return Endpoint(None, model or "", "LLM-judge baseline: off (--llm-base-url none)")
+    if flag is not None and flag.strip().lower() == "embedded":
+        from embedded import DEFAULT_MODEL_NAME
+
+        return Endpoint(None, model or DEFAULT_MODEL_NAME, "embedded", embedded=True)
+    url = flag
+    if url is None:
+        from state.settings import RefedSettings
+
+        try:
+            settings = RefedSettings()
+        except ValueError:
+            settings = None
+        if settings is not None:
+            url = settings.judge_base_url or next(iter(settings.base_urls), None)
+            model = model or settings.judge_model or settings.model
+    if not url:
+        return Endpoint(
+            None, model or "", f"LLM-judge baseline: skipped, no endpoint ({SKIP_HINT})"
+        )
+    model = model or "smollm2"
+    problem = preflight(url)
+    if problem:
+        return Endpoint(None, model, f"LLM-judge baseline: skipped, {url} {problem} ({SKIP_HINT})")
+    return Endpoint(url, model, f"LLM-judge baseline: {model} at {url}")
+
+
+def preflight(url: str, timeout: float = 5.0) -> str | None:
+    """None when ``url`` answers ``GET /v1/models``; else what went wrong, in a few words."""
+    import httpx
+
+    root = url.rstrip("/").removesuffix("/v1")
+    try:
+        r = httpx.get(f"{root}/v1/models", timeout=timeout)
+    except httpx.HTTPError as exc:
+        return f"does not answer ({type(exc).__name__})"
+    if r.status_code != 200:
+        return f"answers /v1/models with HTTP {r.status_code}"
+    return None
+
+
 @dataclass
 class LLMConfig:
-    base_url: str | None = "http://127.0.0.1:8391/v1"
+    base_url: str | None = None
     model: str = "smollm2"
     slice_records: int = 40
     """Live calls: at most this many records (whole sources) per pointwise set."""

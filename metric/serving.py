@@ -1,11 +1,18 @@
-"""Scoring with a saved metric model: through vLLM's pooling ``/score`` API, or in-process.
+"""Scoring with a saved metric model: in-process, or through a vLLM server serving it.
 
-``open_scorer(target)``: a URL (``http://host:port`` or ``…/v1``) means a vLLM server serving
-the saved folder (``python -m vllm.entrypoints.openai.api_server --model FOLDER --dtype
-float32 --enforce-eager``: vLLM picks its pooling runner for a one-label classifier and
-answers ``/score`` with the sigmoid of the logit); a folder means in-process transformers.
-Either way ``scorer.backend`` says which, and the scores are the same numbers (the sigmoid
-output in [0, 1]).
+A saved folder says in ``refed_metric.json`` which base it is (``encoder``: the MiniLM
+cross-encoder; ``decoder``: SmolLM2 with a scalar head; a folder without the file is an
+encoder). ``open_scorer(target)``:
+
+- a folder: in-process transformers, float32;
+- a URL (``http://host:port`` or ``…/v1``): a vLLM server serving the folder
+  (``python -m metric serve``: ``--dtype float32 --enforce-eager``, pooling runner). An
+  encoder is asked through ``/score`` (sentence pairs), a decoder through ``/classify``
+  (whole prompts); both answer with the sigmoid of the logit. The layout and tokenizer come
+  from the folder the server serves (its ``root`` in ``/v1/models``, when it is on this
+  machine) or from ``folder=``.
+
+Either way ``scorer.backend`` says which, and the scores are the same numbers.
 
 ``MetricJudge`` scores a record of a criteria set on each criterion, in the layout the model
 was trained with (``metric.text``), and returns the judge's ``PointwiseResult``; the
@@ -29,13 +36,13 @@ from typing import Any, Protocol
 
 import httpx
 
-from dataset.embeddings import base_folder
 from metric.data import GENERIC, context_fields, instruction
-from metric.text import pair_texts, to_scale
+from metric.text import ChatFrame, Field, pair_texts, prompt_segments, to_scale
 from state.criteria import CriteriaSet
 from state.judgements import CriterionScore, PointwiseResult
 
-DEFAULT_MAX_LEN = 256
+Input = str | tuple[str, str]
+"""A decoder's prompt, or an encoder's (text_1, text_2)."""
 
 
 class ScorerError(RuntimeError):
@@ -45,113 +52,150 @@ class ScorerError(RuntimeError):
 class Scorer(Protocol):
     backend: str
 
-    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """The model's score in [0, 1] for each (text_1, text_2)."""
+    def score(self, inputs: Sequence[Input]) -> list[float]:
+        """The model's score in [0, 1] for each input."""
         ...
 
 
-class InProcessScorer:
-    """transformers on this machine, float32."""
-
-    def __init__(self, folder: Path, *, batch_size: int = 16) -> None:
-        from metric.train import load_classifier
-
-        self.folder = folder
-        self.model = load_classifier(folder)
-        self.tokenizer = _tokenizer(str(folder))
-        self.batch_size = batch_size
-        self.backend = f"in-process transformers ({folder})"
-
-    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        import torch
-
-        out: list[float] = []
-        with torch.no_grad():
-            for i in range(0, len(pairs), self.batch_size):
-                chunk = pairs[i : i + self.batch_size]
-                enc = self.tokenizer(
-                    [a for a, _ in chunk],
-                    [b for _, b in chunk],
-                    truncation="longest_first",
-                    max_length=512,
-                    padding=True,
-                    return_tensors="pt",
-                )
-                logits = self.model(**enc).logits.squeeze(-1)
-                out.extend(torch.sigmoid(logits).tolist())
-        return out
-
-
-class VLLMScorer:
-    """A vLLM server serving the saved folder; ``POST /score`` with paired lists."""
-
-    def __init__(self, url: str, model: str | None = None, *, timeout: float = 60.0) -> None:
-        root = url.rstrip("/").removesuffix("/v1")
-        self.root = root
-        self.client = httpx.Client(timeout=timeout)
-        self.model = model or self._served_model()
-        self.backend = f"vLLM /score at {root} (model {self.model})"
-
-    def _served_model(self) -> str:
-        try:
-            data = self.client.get(f"{self.root}/v1/models").json()
-            return str(data["data"][0]["id"])
-        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-            raise ScorerError(f"no vLLM server answering at {self.root}: {exc}") from None
-
-    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        if not pairs:
-            return []
-        body = {
-            "model": self.model,
-            "text_1": [a for a, _ in pairs],
-            "text_2": [b for _, b in pairs],
-        }
-        try:
-            r = self.client.post(f"{self.root}/score", json=body)
-            r.raise_for_status()
-            data = r.json()["data"]
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
-            raise ScorerError(f"vLLM /score at {self.root} failed: {exc}") from None
-        scores = [0.0] * len(pairs)
-        for row in data:
-            scores[int(row["index"])] = float(row["score"])
-        return scores
-
-
-@cache
-def _tokenizer(folder: str) -> Any:
-    from metric.train import load_tokenizer
-
-    return load_tokenizer(Path(folder))
-
-
-def _meta(folder: Path) -> dict[str, Any]:
+def read_meta(folder: Path) -> dict[str, Any]:
     from metric.train import META_FILE
 
     path = folder / META_FILE
     return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
-def open_scorer(target: str, *, tokenizer_folder: Path | None = None) -> tuple[Scorer, Any, int]:
-    """The scorer for ``target`` (URL: vLLM; folder: in-process), its tokenizer, max length."""
-    if target.startswith(("http://", "https://")):
-        folder = tokenizer_folder or base_folder()
-        meta = _meta(folder)
-        return (
-            VLLMScorer(target),
-            _tokenizer(str(folder)),
-            int(meta.get("max_len", DEFAULT_MAX_LEN)),
+def kind_of(folder: Path) -> str:
+    return str(read_meta(folder).get("kind", "encoder"))
+
+
+@cache
+def _tokenizer(folder: str) -> Any:
+    from metric.encoder import load_tokenizer
+
+    return load_tokenizer(Path(folder))
+
+
+class InProcessScorer:
+    """transformers on this machine, float32."""
+
+    def __init__(self, folder: Path, *, batch_size: int = 8) -> None:
+        import torch
+
+        from metric.encoder import quiet_transformers
+
+        quiet_transformers()
+        from transformers import AutoModelForSequenceClassification
+
+        self.folder = folder
+        self.kind = kind_of(folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), dtype=torch.float32
         )
-    folder = Path(target)
-    if not (folder / "config.json").is_file():
-        raise ScorerError(f"{folder}: not a saved model folder (no config.json)")
-    meta = _meta(folder)
-    return (
-        InProcessScorer(folder),
-        _tokenizer(str(folder)),
-        int(meta.get("max_len", DEFAULT_MAX_LEN)),
-    )
+        self.model.eval()
+        self.tokenizer = _tokenizer(str(folder))
+        # a decoder reads each row's last token that is not padding: pad on the right, so
+        # positions are those of the prompt alone
+        self.tokenizer.padding_side = "right"
+        self.batch_size = batch_size
+        self.backend = f"in-process transformers ({folder})"
+
+    def score(self, inputs: Sequence[Input]) -> list[float]:
+        import torch
+
+        out: list[float] = []
+        with torch.no_grad():
+            for i in range(0, len(inputs), self.batch_size):
+                chunk = inputs[i : i + self.batch_size]
+                if self.kind == "decoder":
+                    # right padding: the head reads each row's last token that is not padding
+                    enc = self.tokenizer(
+                        [str(x) for x in chunk],
+                        add_special_tokens=False,
+                        padding=True,
+                        return_tensors="pt",
+                    )
+                else:
+                    enc = self.tokenizer(
+                        [x[0] for x in chunk],
+                        [x[1] for x in chunk],
+                        truncation="longest_first",
+                        max_length=512,
+                        padding=True,
+                        return_tensors="pt",
+                    )
+                logits = self.model(**enc).logits.squeeze(-1)
+                out.extend(torch.sigmoid(logits).reshape(-1).tolist())
+        return out
+
+
+class VLLMScorer:
+    """A vLLM server serving a saved folder: ``/score`` (encoder) or ``/classify`` (decoder)."""
+
+    def __init__(
+        self, url: str, *, kind: str = "encoder", model: str | None = None, timeout: float = 120.0
+    ) -> None:
+        self.root = url.rstrip("/").removesuffix("/v1")
+        self.client = httpx.Client(timeout=timeout)
+        self.kind = kind
+        self.model = model or str(served_model(self.root)["id"])
+        route = "/classify" if kind == "decoder" else "/score"
+        self.backend = f"vLLM {route} at {self.root} (model {self.model})"
+
+    def _post(self, route: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            r = self.client.post(f"{self.root}{route}", json=body)
+            r.raise_for_status()
+            return list(r.json()["data"])
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            raise ScorerError(f"vLLM {route} at {self.root} failed: {exc}") from None
+
+    def score(self, inputs: Sequence[Input]) -> list[float]:
+        if not inputs:
+            return []
+        scores = [0.0] * len(inputs)
+        if self.kind == "decoder":
+            rows = self._post("/classify", {"model": self.model, "input": [str(x) for x in inputs]})
+            for row in rows:
+                scores[int(row["index"])] = float(row["probs"][0])
+        else:
+            body = {
+                "model": self.model,
+                "text_1": [x[0] for x in inputs],
+                "text_2": [x[1] for x in inputs],
+            }
+            for row in self._post("/score", body):
+                scores[int(row["index"])] = float(row["score"])
+        return scores
+
+
+def served_model(url: str) -> dict[str, Any]:
+    """The first model a server lists (its ``id`` and ``root``)."""
+    root = url.rstrip("/").removesuffix("/v1")
+    try:
+        data = httpx.get(f"{root}/v1/models", timeout=30.0).json()
+        return dict(data["data"][0])
+    except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+        raise ScorerError(f"no vLLM server answering at {root}: {exc}") from None
+
+
+def open_scorer(target: str, *, folder: Path | None = None) -> tuple[Scorer, Path]:
+    """The scorer for ``target`` (URL: vLLM; folder: in-process) and the folder whose layout
+    and tokenizer it reads with."""
+    if target.startswith(("http://", "https://")):
+        served = served_model(target)
+        if folder is None:
+            root = Path(str(served.get("root", "")))
+            if (root / "config.json").is_file():
+                folder = root
+            else:
+                from dataset.embeddings import base_folder
+
+                folder = base_folder()  # a MiniLM cross-encoder served elsewhere
+        return VLLMScorer(target, kind=kind_of(folder), model=str(served["id"])), folder
+    path = Path(target)
+    if not (path / "config.json").is_file():
+        raise ScorerError(f"{path}: not a saved model folder (no config.json)")
+    return InProcessScorer(path), path
 
 
 @dataclass
@@ -159,35 +203,55 @@ class MetricJudge:
     """Scores records of any criteria set on each of its criteria with the trained model."""
 
     scorer: Scorer
-    tokenizer: Any
-    max_len: int = DEFAULT_MAX_LEN
-    keep_end: tuple[str, ...] = ("history",)
+    folder: Path
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def __post_init__(self) -> None:
+        meta = read_meta(self.folder)
+        self.kind = str(meta.get("kind", "encoder"))
+        self.max_len = int(meta.get("max_len", 256))
+        self.keep_end: tuple[str, ...] = ("history",)
+        self.tokenizer = _tokenizer(str(self.folder))
+        self.frame = ChatFrame.of(self.tokenizer) if self.kind == "decoder" else None
+
     @classmethod
-    def open(cls, target: str) -> MetricJudge:
-        scorer, tokenizer, max_len = open_scorer(target)
-        return cls(scorer, tokenizer, max_len)
+    def open(cls, target: str, *, folder: Path | None = None) -> MetricJudge:
+        scorer, where = open_scorer(target, folder=folder)
+        return cls(scorer, where)
 
     @property
     def backend(self) -> str:
         return self.scorer.backend
 
-    def inputs(self, cset: CriteriaSet, record: Mapping[str, str]) -> list[tuple[str, str]]:
-        """One (text_1, text_2) per criterion: the task and criterion told in plain words."""
-        out = []
-        for c in cset.criteria:
-            fields = context_fields(cset, c, dict(record), self.keep_end)
-            out.append(
-                pair_texts(
+    def layout(
+        self, instruction_text: str, context: Sequence[Field], target_label: str, target: str
+    ) -> Input:
+        """The model's input for one judged text."""
+        if self.frame is not None:
+            return "".join(
+                prompt_segments(
                     self.tokenizer,
-                    instruction(GENERIC, cset, c),
-                    fields,
-                    record[cset.target],
+                    self.frame,
+                    instruction_text,
+                    context,
+                    target_label,
+                    target,
                     self.max_len,
                 )
             )
-        return out
+        return pair_texts(self.tokenizer, instruction_text, context, target, self.max_len)
+
+    def inputs(self, cset: CriteriaSet, record: Mapping[str, str]) -> list[Input]:
+        """One input per criterion: the task and criterion told in plain words."""
+        return [
+            self.layout(
+                instruction(GENERIC, cset, c),
+                context_fields(cset, c, dict(record), self.keep_end),
+                cset.fields[cset.target],
+                record[cset.target],
+            )
+            for c in cset.criteria
+        ]
 
     def score_records(
         self, cset: CriteriaSet, records: Sequence[Mapping[str, str]]
@@ -195,8 +259,8 @@ class MetricJudge:
         # One call at a time: a fast tokenizer refuses concurrent use from several threads,
         # and the model is CPU-bound anyway.
         with self._lock:
-            pairs = [p for r in records for p in self.inputs(cset, r)]
-            probs = self.scorer.score(pairs)
+            inputs = [x for r in records for x in self.inputs(cset, r)]
+            probs = self.scorer.score(inputs)
         k = len(cset.criteria)
         results = []
         for i in range(len(records)):
@@ -234,11 +298,18 @@ def metric_judge_for(target: str) -> MetricJudge:
 
 
 @contextmanager
-def encoder_server(
-    folder: Path, port: int, *, log_file: Path | None = None, timeout: float = 300.0
+def model_server(
+    folder: Path,
+    port: int,
+    *,
+    log_file: Path | None = None,
+    timeout: float = 300.0,
+    max_model_len: int | None = None,
 ) -> Iterator[str]:
     """Start vLLM's OpenAI-compatible server on ``folder`` (pooling runner, float32, eager);
     yields its base URL; stops it on exit."""
+    if max_model_len is None:
+        max_model_len = 512 if kind_of(folder) == "encoder" else 4096
     cmd = [
         sys.executable,
         "-m",
@@ -255,7 +326,7 @@ def encoder_server(
         "float32",
         "--enforce-eager",
         "--max-model-len",
-        "512",
+        str(max_model_len),
         "--disable-uvicorn-access-log",
     ]
     env = {
@@ -271,14 +342,14 @@ def encoder_server(
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise ScorerError(f"vLLM encoder server exited with {proc.returncode}")
+                raise ScorerError(f"vLLM server for {folder} exited with {proc.returncode}")
             try:
                 if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise ScorerError(f"vLLM encoder server not ready after {timeout:.0f} s")
+                raise ScorerError(f"vLLM server for {folder} not ready after {timeout:.0f} s")
             time.sleep(0.5)
         yield url
     finally:
@@ -290,3 +361,7 @@ def encoder_server(
             proc.wait(10)
         if log_file and out is not subprocess.DEVNULL:
             out.close()  # type: ignore[union-attr]
+
+
+encoder_server = model_server
+"""The former name (it serves either base)."""
