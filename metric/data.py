@@ -334,14 +334,14 @@ def rating_pairs(examples: Sequence[Example], min_gap: float) -> list[Pair]:
 
 @dataclass(frozen=True)
 class Caps:
-    """How much of each set is used (whole sources, in a seeded order), for a CPU budget."""
+    """How much of each set is used (whole sources, in a seeded order); None: all of it."""
 
-    train_per_criterion: int | None = 48
+    train_per_criterion: int | None = None
     """Training texts per (set, criterion); pairwise sets: pairs (two texts each)."""
-    test_per_criterion: int | None = 64
+    test_per_criterion: int | None = None
     """Test texts per (set, criterion); pairwise sets: pairs."""
-    max_members: int | None = 8
-    """Texts per source and criterion (SummEval has 16 summaries of each article)."""
+    max_members: int | None = None
+    """Training texts per source and criterion (SummEval has 16 summaries of each article)."""
 
 
 def select(

@@ -130,6 +130,57 @@ def _optimizer(head: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
+class Objective:
+    """The loss over batches of ``examples`` with the good-vs-bad ``pairs`` among them."""
+
+    def __init__(
+        self, examples: Sequence[Example], pairs: Sequence[Pair], inputs: Inputs, cfg: TrainConfig
+    ) -> None:
+        self.cfg = cfg
+        self.inputs = inputs
+        self.by_uid = {e.uid: e for e in examples}
+        usable = [
+            p for p in pairs if p.label != "tie" and p.first in self.by_uid and p.second in self.by_uid
+        ]
+        self.oriented = [
+            (p.first, p.second) if p.label == "first" else (p.second, p.first) for p in usable
+        ]
+        self.pairs_of: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for good, bad in self.oriented:
+            self.pairs_of[good].append((good, bad))
+        self.lengths = {k: inputs.tokens(k) for k in self.by_uid}
+        self.units = _units(examples)
+
+    def batches(self, rng: random.Random) -> list[list[str]]:
+        return batches(self.units, self.lengths, self.cfg.batch_size, rng)
+
+    def loss(self, head: nn.Module, feats: Features, batch: list[str]) -> torch.Tensor:
+        index = {k: i for i, k in enumerate(batch)}
+        logits = head([self.inputs.chains[k] for k in batch], feats)
+        in_batch = [
+            (index[g], index[b]) for k in batch for g, b in self.pairs_of.get(k, ()) if b in index
+        ]
+        loss = logits.new_zeros(())
+        if in_batch:
+            g = torch.tensor([g for g, _ in in_batch])
+            b = torch.tensor([b for _, b in in_batch])
+            loss = loss + nn.functional.softplus(-(logits[g] - logits[b])).mean()
+        rated = [(index[k], self.by_uid[k].norm) for k in batch if self.by_uid[k].norm is not None]
+        if rated and self.cfg.regression_weight > 0:
+            r = torch.tensor([i for i, _ in rated])
+            y = torch.tensor([float(v) for _, v in rated if v is not None])
+            bce = nn.functional.binary_cross_entropy_with_logits(logits[r], y)
+            loss = loss + self.cfg.regression_weight * bce
+        return loss
+
+    @torch.no_grad()
+    def mean_loss(self, head: nn.Module, feats: Features) -> float:
+        """The loss over all the training data, without dropout (batches of a fixed order)."""
+        head.eval()
+        values = [float(self.loss(head, feats, b)) for b in self.batches(random.Random(0))]
+        return sum(values) / len(values) if values else math.nan
+
+
 def train_head(
     head: nn.Module,
     feats: Features,
@@ -145,15 +196,8 @@ def train_head(
     start = time.monotonic()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    by_uid = {e.uid: e for e in examples}
-    usable = [p for p in pairs if p.label != "tie" and p.first in by_uid and p.second in by_uid]
-    oriented = [(p.first, p.second) if p.label == "first" else (p.second, p.first) for p in usable]
-    pairs_of: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for good, bad in oriented:
-        pairs_of[good].append((good, bad))
-    lengths = {k: inputs.tokens(k) for k in by_uid}
-    units = _units(examples)
-    steps_per_epoch = len(batches(units, lengths, cfg.batch_size, random.Random(0)))
+    objective = Objective(examples, pairs, inputs, cfg)
+    steps_per_epoch = len(objective.batches(random.Random(0)))
     total = max(1, steps_per_epoch * cfg.epochs)
     warmup = max(1, int(total * cfg.warmup))
     opt = _optimizer(head, cfg)
@@ -165,23 +209,8 @@ def train_head(
     epoch_loss: list[float] = []
     for _ in range(cfg.epochs):
         losses = []
-        for batch in batches(units, lengths, cfg.batch_size, rng):
-            index = {k: i for i, k in enumerate(batch)}
-            logits = head([inputs.chains[k] for k in batch], feats)
-            in_batch = [
-                (index[g], index[b]) for k in batch for g, b in pairs_of.get(k, ()) if b in index
-            ]
-            loss = logits.new_zeros(())
-            if in_batch:
-                g = torch.tensor([g for g, _ in in_batch])
-                b = torch.tensor([b for _, b in in_batch])
-                loss = loss + nn.functional.softplus(-(logits[g] - logits[b])).mean()
-            rated = [(index[k], by_uid[k].norm) for k in batch if by_uid[k].norm is not None]
-            if rated and cfg.regression_weight > 0:
-                r = torch.tensor([i for i, _ in rated])
-                y = torch.tensor([float(v) for _, v in rated if v is not None])
-                bce = nn.functional.binary_cross_entropy_with_logits(logits[r], y)
-                loss = loss + cfg.regression_weight * bce
+        for batch in objective.batches(rng):
+            loss = objective.loss(head, feats, batch)
             if loss.requires_grad:
                 opt.zero_grad()
                 loss.backward()
@@ -194,7 +223,7 @@ def train_head(
     head.eval()
     stats = TrainStats(
         examples=len(examples),
-        pairs=len(oriented),
+        pairs=len(objective.oriented),
         rated=sum(e.norm is not None for e in examples),
         steps=step,
         seconds=time.monotonic() - start,

@@ -149,11 +149,12 @@ def test_caps_take_whole_sources(built: dict[str, object]) -> None:
         for g in per_key[("topical_chat", "overall")]
     }
     assert all(n == 6 for n in sizes.values())
-    assert Caps().train_per_criterion is not None
+    assert Caps() == Caps(None, None, None)  # all of the data unless capped
+    assert len(select(pool, None, None, 0, purpose="test")) == len(pool)
 
 
 def test_layout_fits_and_keeps_the_right_ends() -> None:
-    from metric.train import load_tokenizer
+    from metric.encoder import load_tokenizer
 
     tok = load_tokenizer(need_base())
     history = " ".join(f"turn{i} says something about the weather ." for i in range(200))
@@ -173,6 +174,17 @@ def test_layout_fits_and_keeps_the_right_ends() -> None:
     assert first.startswith("Rate the reply for coherence.")
     short = pair_texts(tok, "Rate it.", [Field("Act", "inform(name=x)")], "X is here .", 128)
     assert short == ("Rate it.\nAct: inform(name=x)", "X is here .")
+    # the judged text stays whole when it fits beside a quarter of the room for the context
+    summary = " ".join(f"point{i} ." for i in range(20))
+    first, second = pair_texts(tok, "Rate it.", [Field("News", article)], summary, 128)
+    assert second == summary and "sentence0 " in first
+    assert len(tok(first, second)["input_ids"]) <= 128
+    # a judged text too long for that keeps its beginning and leaves the context its quarter
+    essay = " ".join(f"word{i}" for i in range(400))
+    first, second = pair_texts(tok, "Rate it.", [Field("News", article)], essay, 128)
+    assert second.startswith("word0 ") and second.endswith("…") and "word399" not in second
+    context_tokens = len(tok(first.split("News: ", 1)[1], add_special_tokens=False)["input_ids"])
+    assert 20 <= context_tokens <= 40
 
 
 def test_share_is_water_filling() -> None:

@@ -1,5 +1,6 @@
-"""metric/: a tiny training run beats the untrained encoder; the saved folder loads and scores;
-the metric-judge node scores through it (scripted context, no LLM); vLLM serves it."""
+"""metric/: a tiny training run beats the untrained encoder and its loss falls; the saved folder
+loads and scores as the head did; the metric-judge node scores through it (scripted context,
+no LLM), with a fixed and with an anchored bar; vLLM serves both bases with the same scores."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from state.context import RefedContext
 from state.graph_state import CandidateState
 from state.records import NewInstruction, Reference
 from tests.conftest import free_port
-from tests.metric_helpers import Tiny, need_base, need_judge_data, tiny_run
+from tests.metric_helpers import Tiny, need_base, need_decoder, need_judge_data, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,15 @@ def test_tiny_training_beats_the_untrained_encoder(tiny: Tiny) -> None:
     untrained = _mean_spearman(tiny, tiny.untrained)
     assert trained > untrained + 0.05, (trained, untrained)
     assert trained > 0.1, trained
-    assert tiny.seconds < 600
+
+
+@pytest.mark.slow
+def test_training_loss_falls(tiny: Tiny) -> None:
+    """Over the whole training set (no dropout), the loss after training is well below the
+    loss of the same head before it."""
+    assert len(tiny.stats.epoch_loss) == 3 and all(math.isfinite(v) for v in tiny.stats.epoch_loss)
+    assert tiny.loss_after < tiny.loss_before - 0.05, (tiny.loss_before, tiny.loss_after)
+    assert tiny.stats.pairs > 100 and tiny.stats.rated == tiny.stats.examples
 
 
 @pytest.mark.slow
@@ -57,17 +66,15 @@ def test_saved_folder_is_a_standard_classifier_and_scores(tiny: Tiny) -> None:
     judge = MetricJudge.open(str(tiny.folder))
     assert isinstance(judge.scorer, InProcessScorer)
     assert judge.backend.startswith("in-process transformers")
-    assert judge.max_len == 128
-    # the saved float32 model agrees with the cached bfloat16 path it was trained through
+    assert judge.max_len == 128 and judge.kind == "encoder"
+    # the saved model, run whole, gives the scores the head gave over the stored layers
     sample = [e for e in tiny.test if e.criterion == "naturalness"][:40]
-    from metric.text import pair_texts
-
-    pairs = [pair_texts(judge.tokenizer, e.instruction, e.context, e.target, 128) for e in sample]
-    probs = judge.scorer.score(pairs)
+    inputs = [judge.layout(e.instruction, e.context, e.target_label, e.target) for e in sample]
+    probs = judge.scorer.score(inputs)
     assert all(0.0 < p < 1.0 for p in probs)
-    cached = [tiny.trunk_logits[e.uid] for e in sample]
-    assert spearmanr(probs, cached).statistic > 0.97
-    assert max(abs(p - sigmoid(c)) for p, c in zip(probs, cached, strict=True)) < 0.05
+    stored = [sigmoid(tiny.trained[e.uid]) for e in sample]
+    assert spearmanr(probs, stored).statistic > 0.99
+    assert max(abs(p - s) for p, s in zip(probs, stored, strict=True)) < 0.01
 
 
 def _state(response: str, first: str | None = None) -> CandidateState:
@@ -109,6 +116,36 @@ async def test_metric_judge_node_scores_through_the_encoder(tiny: Tiny) -> None:
 
 
 @pytest.mark.slow
+async def test_anchored_bar_with_the_encoder(tiny: Tiny) -> None:
+    """``judge_bar = reference:MARGIN``: the reference pair is scored by the same model, and a
+    candidate passes when its mean is within MARGIN of that score."""
+    from nodes.metric_judge import metric_judge
+    from nodes.reference_judge import reference_judge
+    from state.graph_state import ReferenceState
+
+    state = _state("The hotel allows dogs.")
+    ctx = RefedContext(
+        judge_backend="encoder", judge_encoder=str(tiny.folder), judge_bar="reference:0"
+    )
+    ref_update = await reference_judge(
+        ReferenceState(reference=state.reference), Runtime(context=ctx)
+    )
+    ref_mean = ref_update["reference_judgement"].mean
+    assert ref_update["reference_judgement"].method == "encoder"
+    update = await metric_judge(state, Runtime(context=ctx))
+    assert "error" in update  # anchored, but this candidate has no reference score yet
+    scored = state.model_copy(update={"reference_score": ref_mean})
+    cand = (await metric_judge(scored, Runtime(context=ctx)))["judgement"]
+    assert cand.threshold == pytest.approx(ref_mean)
+    assert cand.passed is (cand.mean >= ref_mean)
+    gap = abs(cand.mean - ref_mean) + 0.01
+    loose = RefedContext(
+        judge_backend="encoder", judge_encoder=str(tiny.folder), judge_bar=f"reference:{gap}"
+    )
+    assert (await metric_judge(scored, Runtime(context=loose)))["judgement"].passed is True
+
+
+@pytest.mark.slow
 async def test_metric_judge_node_pairwise_filter_with_the_encoder(tiny: Tiny) -> None:
     from nodes.metric_judge import metric_judge
 
@@ -146,16 +183,17 @@ async def test_metric_judge_node_reports_a_missing_model(tmp_path: Path) -> None
 
     ctx = RefedContext(judge_backend="encoder", judge_encoder=str(tmp_path / "nothing"))
     update = await metric_judge(_state("x"), Runtime(context=ctx))
-    assert update["error"].startswith("metric_judge: encoder")
+    assert update["error"].startswith("metric_judge: ")
+    assert "encoder" in update["error"] and "not a saved model folder" in update["error"]
     assert "judgement" not in update
 
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_vllm_serves_the_folder_with_the_same_scores(tiny: Tiny, tmp_path: Path) -> None:
+def test_vllm_serves_the_encoder_with_the_same_scores(tiny: Tiny, tmp_path: Path) -> None:
     pytest.importorskip("vllm")
     import prompts
-    from metric.serving import MetricJudge, VLLMScorer, encoder_server
+    from metric.serving import MetricJudge, VLLMScorer, model_server
 
     cset = prompts.criteria("data2text")
     records = [
@@ -163,11 +201,52 @@ def test_vllm_serves_the_folder_with_the_same_scores(tiny: Tiny, tmp_path: Path)
         for u in ("Tasty Bites is a cheap restaurant.", "cheap cheap the is tasty", "Hello.")
     ]
     local = MetricJudge.open(str(tiny.folder))
-    with encoder_server(tiny.folder, free_port(), log_file=tmp_path / "vllm.log") as url:
-        served = MetricJudge(VLLMScorer(url), local.tokenizer, local.max_len)
-        assert served.backend.startswith("vLLM /score")
+    with model_server(tiny.folder, free_port(), log_file=tmp_path / "vllm.log") as url:
+        served = MetricJudge.open(url)
+        assert isinstance(served.scorer, VLLMScorer) and served.backend.startswith("vLLM /score")
+        assert served.folder == tiny.folder.resolve() or served.folder == tiny.folder
         remote = served.score_records(cset, records)
     mine = local.score_records(cset, records)
     for a, b in zip(mine, remote, strict=True):
         for name in a.scores:
-            assert a.scores[name].score == pytest.approx(b.scores[name].score, abs=0.02)
+            assert a.scores[name].score == pytest.approx(b.scores[name].score, abs=0.01)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_serves_the_decoder_with_the_same_scores(tmp_path: Path) -> None:
+    """A SmolLM2 scalar-head folder: in-process and vLLM ``/classify`` agree."""
+    pytest.importorskip("vllm")
+    need_decoder()
+    import prompts
+    from metric.decoder import DecoderBase
+    from metric.serving import MetricJudge, VLLMScorer, model_server
+    from metric.train import TrainConfig, save
+
+    base = DecoderBase(max_len=256)
+    folder = save(
+        base,
+        base.head(3),
+        tmp_path / "decoder",
+        cfg=TrainConfig(),
+        meta={"kind": "decoder", "base": "smollm2", "max_len": 256},
+        card="# untrained decoder head\n",
+    )
+    cset = prompts.criteria("instruction")
+    records = [
+        {"instruction": "Name a colour of the sky.", "response": r}
+        for r in ("Blue, on a clear day.", "sky sky sky sky sky", "What do you mean?")
+    ]
+    local = MetricJudge.open(str(folder))
+    assert local.kind == "decoder"
+    mine = local.score_records(cset, records)
+    with model_server(folder, free_port(), log_file=tmp_path / "vllm.log") as url:
+        served = MetricJudge.open(url)
+        assert isinstance(served.scorer, VLLMScorer)
+        assert served.backend.startswith("vLLM /classify")
+        remote = served.score_records(cset, records)
+    spread = {round(r.mean, 4) for r in mine}
+    assert len(spread) > 1
+    for a, b in zip(mine, remote, strict=True):
+        for name in a.scores:
+            assert a.scores[name].score == pytest.approx(b.scores[name].score, abs=0.01)
