@@ -79,20 +79,23 @@ class Prepared:
     train_pairs: list[Pair]
     """Good-vs-bad pairs from ratings, plus the human pairs of pairwise sets (no ties)."""
     test_pairs: list[Pair]
-    """Human pairs of pairwise sets in the test split (with ties)."""
+    """Human pairs of pairwise sets in the test split that people did not call a tie."""
 
 
 def prepare(
     spec: TaskSpec, caps: Caps, *, min_gap: float, split_seed: int = 0, test_fraction: float = 0.3
 ) -> Prepared:
     data = build_task(spec, seed=split_seed, test_fraction=test_fraction)
+    # Texts of a pairwise set carry no rating: only those in a pair people decided are used,
+    # in training and in test (the headline is the accuracy on pairs that are not a tie).
+    decided = {u for p in data.pairs if p.label != "tie" for u in (p.first, p.second)}
     test = select(
-        data.split_examples("test"), caps.test_per_criterion, None, split_seed, purpose="test"
+        [e for e in data.split_examples("test") if e.rating is not None or e.uid in decided],
+        caps.test_per_criterion,
+        None,
+        split_seed,
+        purpose="test",
     )
-    # Texts of a pairwise set carry no rating: only those in a pair people decided are used.
-    decided = {
-        u for p in data.split_pairs("train") if p.label != "tie" for u in (p.first, p.second)
-    }
     candidates = [
         e for e in data.split_examples("train") if e.rating is not None or e.uid in decided
     ]
@@ -105,7 +108,7 @@ def prepare(
         train=train,
         test=test,
         train_pairs=rating_pairs(train, min_gap) + human_train,
-        test_pairs=selected_pairs(data.split_pairs("test"), test),
+        test_pairs=[p for p in selected_pairs(data.split_pairs("test"), test) if p.label != "tie"],
     )
 
 
@@ -381,7 +384,10 @@ def run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> dict[str, A
         negatives = negatives_examples(
             prepared["preference"].data, cfg.negatives, seed=cfg.split_seed
         )
-        say(f"negatives: {len({e.item for e in negatives})} texts from Auto-J training requests")
+        say(
+            f"negatives: {len({e.group for e in negatives})} Auto-J training requests, "
+            f"{len({e.item for e in negatives})} texts"
+        )
     items = junk_set(n=cfg.junk, seed=cfg.split_seed) if cfg.junk else []
     timings["data"] = time.monotonic() - t
 
@@ -491,7 +497,7 @@ def run(cfg: RunConfig, log: Callable[[str], None] | None = None) -> dict[str, A
     (out / "results.md").write_text(results_markdown(results))
     for name, br in runs.items():
         if br.served is not None:
-            folder = save_model(name, br, results, cfg, specs, len({e.item for e in negatives}))
+            folder = save_model(name, br, results, cfg, specs, len({e.group for e in negatives}))
             say(f"saved the {name} model: {folder}")
     say(f"done in {timings['total']:.0f} s; results: {out / 'results.md'}")
     return results

@@ -140,7 +140,9 @@ class Objective:
         self.inputs = inputs
         self.by_uid = {e.uid: e for e in examples}
         usable = [
-            p for p in pairs if p.label != "tie" and p.first in self.by_uid and p.second in self.by_uid
+            p
+            for p in pairs
+            if p.label != "tie" and p.first in self.by_uid and p.second in self.by_uid
         ]
         self.oriented = [
             (p.first, p.second) if p.label == "first" else (p.second, p.first) for p in usable
