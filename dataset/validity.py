@@ -266,11 +266,20 @@ def cut_answer(text: str) -> tuple[str, Literal["loop", "cap"]] | None:
 # --- answers ------------------------------------------------------------------------------
 
 
-def asks_back(answer: str) -> QualityFilter | None:
-    """A short reply that asks for the request (or more of it) instead of answering."""
+QUESTION_ONLY_MAX_WORDS = 30
+"""A reply this short that ends on a question asks instead of answering."""
+
+
+def asks_back(answer: str, request: str = "") -> QualityFilter | None:
+    """A short reply that asks for the request (or more of it) instead of answering. (A
+    request for a question may of course be answered by one.)"""
     tokens = words(answer)
     if len(tokens) <= ASK_BACK_MAX_WORDS and _ASK_BACK.search(answer):
         return _filter("asks-back", "response", "asks for the request", answer)
+    wants_question = bool({"question", "questions", "ask"} & set(words(request)))
+    short = len(tokens) <= QUESTION_ONLY_MAX_WORDS
+    if short and answer.rstrip().endswith("?") and not wants_question:
+        return _filter("asks-back", "response", "a short reply ending on a question", answer)
     return None
 
 
@@ -301,4 +310,4 @@ def restates(answer: str, request: str) -> QualityFilter | None:
 
 def answer_problem(answer: str, request: str) -> QualityFilter | None:
     """The first check the answer fails, or None."""
-    return asks_back(answer) or restates(answer, request) or degenerate(answer, "response")
+    return asks_back(answer, request) or restates(answer, request) or degenerate(answer, "response")
