@@ -70,10 +70,36 @@ class Item:
     response: str
     anchor_instruction: str
     anchor_response: str
+    judge: float = 0.0
+    """The judge's mean score of this item."""
+    anchor: float = 0.0
+    """The judge's mean score of its anchor pair."""
+    check: str | None = None
+    """The validity check it fails, if any."""
+    relevance: float = 0.0
+    """Cosine of the instruction's and the response's embeddings."""
 
     @property
     def good(self) -> bool:
         return self.kind == "good"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    checks: bool = False
+    relevance: float | None = None
+    margin: float | None = None
+    bar: float | None = None
+
+    def rejects(self, it: Item) -> bool:
+        if self.checks and it.check is not None:
+            return True
+        if self.relevance is not None and it.relevance < self.relevance:
+            return True
+        if self.margin is not None and it.judge < it.anchor - self.margin:
+            return True
+        return self.bar is not None and it.judge < self.bar
 
 
 def _first_sentence(text: str) -> str:
@@ -122,17 +148,19 @@ async def judge_all(items: list[Item], base_url: str, model: str, concurrency: i
         judged = await score_record(client, cset, record, opts, seed_parts=(tag,))
         return judged.value.mean
 
-    anchors: dict[tuple[str, str], float] = {}
     keys = sorted({(it.anchor_instruction, it.anchor_response) for it in items})
     scores = await asyncio.gather(*(mean(i, r, "anchor") for i, r in keys))
-    anchors.update(zip(keys, scores, strict=True))
+    anchors = dict(zip(keys, scores, strict=True))
     found = await asyncio.gather(
         *(mean(it.instruction, it.response, n) for n, it in enumerate(items))
     )
     for it, score in zip(items, found, strict=True):
-        setattr(it, "judge", score)  # noqa: B010
-        setattr(it, "anchor", anchors[(it.anchor_instruction, it.anchor_response)])  # noqa: B010
+        it.judge = score
+        it.anchor = anchors[(it.anchor_instruction, it.anchor_response)]
     await client.aclose()
+
+
+KINDS = ("good", "other", "loop", "ask-back")
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -142,116 +170,53 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     vectors_r = embed([it.response for it in items])
     for n, it in enumerate(items):
         problem = answer_problem(it.response, it.instruction)
-        setattr(it, "check", problem.name if problem else None)  # noqa: B010
-        setattr(it, "relevance", float(vectors_i[n] @ vectors_r[n]))  # noqa: B010
+        it.check = problem.name if problem else None
+        it.relevance = float(vectors_i[n] @ vectors_r[n])
     asyncio.run(judge_all(items, args.base_url, args.model, args.concurrency))
 
     good = [it for it in items if it.good]
     bad = [it for it in items if not it.good]
-    v: dict[str, Any] = {}
-    v["auc_judge_fixed"] = auc([g.judge for g in good], [b.judge for b in bad])  # type: ignore[attr-defined]
-    v["auc_judge_anchored"] = auc(
-        [g.judge - g.anchor for g in good],  # type: ignore[attr-defined]
-        [b.judge - b.anchor for b in bad],  # type: ignore[attr-defined]
+    of_kind = {kind: [it for it in items if it.kind == kind] for kind in KINDS}
+    rel, margin = args.relevance, args.margin
+    settings = (
+        Setting("fixed bar 3.0 alone", bar=3.0),
+        Setting(f"anchored bar reference:{margin:g} alone", margin=margin),
+        Setting("validity checks alone", checks=True),
+        Setting(f"relevance {rel:g} alone", relevance=rel),
+        Setting(f"checks + relevance {rel:g}", checks=True, relevance=rel),
+        Setting(
+            f"checks + relevance {rel:g} + bar reference:{margin:g} (smollm2 profile)",
+            checks=True,
+            relevance=rel,
+            margin=margin,
+        ),
     )
-    v["auc_relevance"] = auc([g.relevance for g in good], [b.relevance for b in bad])  # type: ignore[attr-defined]
-    judge_means = {
-        kind: sum(it.judge for it in items if it.kind == kind)  # type: ignore[attr-defined]
-        / sum(1 for it in items if it.kind == kind)
-        for kind in ("good", "other", "loop", "ask-back")
-    }
-
-    def rejected(
-        it: Item, *, relevance: float | None, margin: float | None, bar: float | None
-    ) -> bool:
-        if it.check is not None:  # type: ignore[attr-defined]
-            return True
-        if relevance is not None and it.relevance < relevance:  # type: ignore[attr-defined]
-            return True
-        if margin is not None and it.judge < it.anchor - margin:  # type: ignore[attr-defined]
-            return True
-        return bar is not None and it.judge < bar  # type: ignore[attr-defined]
-
-    settings = {
-        "fixed bar 3.0 alone": {"relevance": None, "margin": None, "bar": 3.0, "checks": False},
-        f"anchored bar reference:{args.margin:g} alone": {
-            "relevance": None,
-            "margin": args.margin,
-            "bar": None,
-            "checks": False,
-        },
-        "validity checks alone": {"relevance": None, "margin": None, "bar": None, "checks": True},
-        f"checks + relevance {args.relevance:g}": {
-            "relevance": args.relevance,
-            "margin": None,
-            "bar": None,
-            "checks": True,
-        },
-        f"checks + relevance {args.relevance:g} + anchored bar reference:{args.margin:g} (smollm2 profile)": {
-            "relevance": args.relevance,
-            "margin": args.margin,
-            "bar": None,
-            "checks": True,
-        },
-    }
-    rows = []
-    for name, s in settings.items():
-
-        def rej(it: Item) -> bool:
-            if not s["checks"] and it.check is not None:  # type: ignore[attr-defined]
-                saved, it.check = it.check, None  # type: ignore[attr-defined]
-                try:
-                    return rejected(it, relevance=s["relevance"], margin=s["margin"], bar=s["bar"])
-                finally:
-                    it.check = saved  # type: ignore[attr-defined]
-            return rejected(it, relevance=s["relevance"], margin=s["margin"], bar=s["bar"])
-
-        per_kind = {
-            kind: sum(rej(it) for it in items if it.kind == kind)
-            / sum(1 for it in items if it.kind == kind)
-            for kind in ("other", "loop", "ask-back")
+    rows = [
+        {
+            "setting": st.name,
+            "good_passed": sum(not st.rejects(g) for g in good) / len(good),
+            "bad_rejected": sum(st.rejects(b) for b in bad) / len(bad),
+            "rejected_by_kind": {
+                kind: sum(st.rejects(it) for it in of_kind[kind]) / len(of_kind[kind])
+                for kind in KINDS[1:]
+            },
         }
-        rows.append(
-            {
-                "setting": name,
-                "good_passed": sum(not rej(g) for g in good) / len(good),
-                "bad_rejected": sum(rej(b) for b in bad) / len(bad),
-                "rejected_by_kind": per_kind,
-            }
-        )
-    checks_by_kind = {
-        kind: dict(Counter(it.check for it in items if it.kind == kind))  # type: ignore[attr-defined]
-        for kind in ("good", "other", "loop", "ask-back")
-    }
+        for st in settings
+    ]
     return {
-        "set": {
-            "good": len(good),
-            "bad": len(bad),
-            "kinds": dict(Counter(it.kind for it in items)),
-            "seed": args.seed,
-        },
-        "judge": {
-            "model": args.model,
-            "criteria": "instruction",
-            "scores": "logprob expectation",
-            "rationale": 0,
-        },
-        "relevance_min": args.relevance,
-        "margin": args.margin,
-        **v,
-        "judge_mean_by_kind": judge_means,
-        "checks_by_kind": checks_by_kind,
+        "set": {"good": len(good), "bad": len(bad), "seed": args.seed},
+        "judge": {"model": args.model, "criteria": "instruction", "scores": "logprob"},
+        "relevance_min": rel,
+        "margin": margin,
+        "auc_judge_fixed": auc([g.judge for g in good], [b.judge for b in bad]),
+        "auc_judge_anchored": auc(
+            [g.judge - g.anchor for g in good], [b.judge - b.anchor for b in bad]
+        ),
+        "auc_relevance": auc([g.relevance for g in good], [b.relevance for b in bad]),
+        "judge_mean_by_kind": {k: sum(it.judge for it in v) / len(v) for k, v in of_kind.items()},
+        "checks_by_kind": {k: dict(Counter(it.check for it in v)) for k, v in of_kind.items()},
         "settings": rows,
-        "items": [
-            {
-                **asdict(it),
-                "judge": it.judge,
-                "anchor": it.anchor,
-                "check": it.check,
-                "relevance": it.relevance,
-            }  # type: ignore[attr-defined]
-            for it in items
-        ],
+        "items": [asdict(it) for it in items],
         "machine": machine(),
         "versions": versions(),
     }
@@ -274,15 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         f"AUC judge fixed {result['auc_judge_fixed']:.3f}, anchored "
         f"{result['auc_judge_anchored']:.3f}, relevance {result['auc_relevance']:.3f}"
     )
-    print(
-        "judge mean by kind: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in result["judge_mean_by_kind"].items())
-    )
+    means = result["judge_mean_by_kind"]
+    print("judge mean by kind: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
     for row in result["settings"]:
         kinds = ", ".join(f"{k} {v:.0%}" for k, v in row["rejected_by_kind"].items())
-        print(
-            f"{row['setting']}: good passed {row['good_passed']:.0%}, bad rejected {row['bad_rejected']:.0%} ({kinds})"
-        )
+        good, bad = row["good_passed"], row["bad_rejected"]
+        print(f"{row['setting']}: good passed {good:.0%}, bad rejected {bad:.0%} ({kinds})")
     return 0
 
 
