@@ -234,11 +234,19 @@ def loop_cut(text: str, n: int = LOOP_NGRAM) -> int | None:
     tokens = [text[a:b].casefold() for a, b in spans]
     if len(tokens) < 2 * n:
         return None
-    first_seen: dict[tuple[str, ...], int] = {}
+    last_seen: dict[tuple[str, ...], int] = {}
     for i, gram in enumerate(_ngrams(tokens, n)):
-        if gram in first_seen and repeated_share(tokens[i:], n) >= 0.5:
-            return spans[i][0]
-        first_seen.setdefault(gram, i)
+        if gram in last_seen and repeated_share(tokens[i:], n) >= 0.5:
+            # The text repeats with period p from here on; the loop began where that
+            # periodicity began (walking back while each word equals the one p later).
+            period, k = i - last_seen[gram], i
+            while k > 0 and tokens[k - 1] == tokens[k - 1 + period]:
+                k -= 1
+            # Say the repeated unit once, unless the text said it before the loop began.
+            unit = " " + " ".join(tokens[k : k + period]) + " "
+            said = unit in " " + " ".join(tokens[:k]) + " "
+            return spans[k][0] if said else spans[min(k + period, i)][0]
+        last_seen[gram] = i
     return None
 
 

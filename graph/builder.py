@@ -52,10 +52,10 @@ from state.records import Usage
 # Routes are coroutines: LangGraph runs a plain function route in a thread pool, one
 # hop per step.
 async def _start(state: ReferenceState, runtime: Runtime[RefedContext]) -> str:
-    """The reference's own score first when the bar is anchored on it (unless known)."""
+    """The reference's own score first when the bar is anchored on it (a cached one is
+    taken from the feedback without a call)."""
     anchored = JudgeBar.parse(runtime.context.judge_bar).anchored
-    cached = state.feedback is not None and state.feedback.reference_judgement is not None
-    if anchored and state.reference_judgement is None and not cached:
+    if anchored and state.reference_judgement is None:
         return "reference_judge"
     return await _collect_feedback(state, runtime)
 

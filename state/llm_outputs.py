@@ -25,7 +25,7 @@ class _Out(BaseModel):
 # Titles are the labels of the line form (state/line_format.py), and ``line_pattern`` /
 # ``item_pattern`` hold its values to a shape (a short phrase, a sentence about the answer,
 # advice that starts with a verb); JSON schemas sent to a server leave them out.
-PHRASE = "[a-z][a-z0-9' -]{2,40}"
+PHRASE = "[a-z][a-z0-9'-]{1,20}( [a-z0-9'-]{1,20}){0,3}"
 ABOUT_IT = "(It|Its|The) [^\\n]{8,150}"
 ADVICE_VERBS = (
     "Give|Use|Keep|Say|Show|Explain|Add|End|Start|List|Name|Warn|Cover|Avoid|Include|Define"
