@@ -159,7 +159,7 @@ def test_bad_profiles_name_the_file_and_key(tmp_path: Path, body: str, message: 
 def test_a_missing_prompt_variant_is_named(tmp_path: Path) -> None:
     path = tmp_path / "mine.toml"
     path.write_text("name = 'x'\n[settings.prompt_variants]\nrespond = 'small/nope'\n")
-    with pytest.raises(ProfileError, match="respond.*small/nope"):
+    with pytest.raises(ProfileError, match=r"respond.*small/nope"):
         prompts.resolve_profile(RefedSettings(base_url="http://a:1/v1", profile=str(path)))
 
 
