@@ -224,7 +224,8 @@ def degenerate(text: str, field: str = "response") -> QualityFilter | None:
     return None
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s)|\n")
+_SENTENCE_END = re.compile(r"(?<=[^\d\s][.!?])[\"')\]]*(?=\s)|\n")
+"""After a sentence's final mark (not a list number's "6."), or a line break."""
 
 
 def loop_cut(text: str, n: int = LOOP_NGRAM) -> int | None:
@@ -254,8 +255,9 @@ def last_sentence_end(text: str, limit: int | None = None) -> int:
     """The end of the last complete sentence (or line) in ``text[:limit]``; 0 if none."""
     head = text if limit is None else text[:limit]
     ends = [m.start() for m in _SENTENCE_END.finditer(head)]
-    if head.rstrip().endswith((".", "!", "?")) and head[len(head.rstrip()) :]:
-        ends.append(len(head.rstrip()))
+    stripped = head.rstrip()
+    if re.search(r"[^\d\s][.!?]$", stripped) and head[len(stripped) :]:
+        ends.append(len(stripped))
     ends = [e for e in ends if head[:e].strip()]
     return ends[-1] if ends else 0
 
