@@ -37,7 +37,6 @@ def test_tiny_training_beats_the_untrained_encoder(tiny: Tiny) -> None:
     untrained = _mean_spearman(tiny, tiny.untrained)
     assert trained > untrained + 0.05, (trained, untrained)
     assert trained > 0.1, trained
-    assert tiny.seconds < 600
 
 
 @pytest.mark.slow
