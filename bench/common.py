@@ -188,6 +188,10 @@ class FakeServer:
     def stats(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.root_url}/stats", timeout=10).json())
 
+    def requests(self) -> list[dict[str, Any]]:
+        """The last chat request bodies it answered (at most 50), oldest first."""
+        return list(httpx.get(f"{self.root_url}/admin/last", timeout=10).json())
+
     def down(self, seconds: float | None = None) -> None:
         """Drop every chat request from now on (for ``seconds``, or until :meth:`up`)."""
         params = {"for": str(seconds)} if seconds is not None else None

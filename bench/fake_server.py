@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -58,6 +59,81 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+
+_FILL = "fake answer text about the given topic with more words here "
+
+
+def regex_text(pattern: str, salt: str) -> str:
+    """A string the regular expression matches (the subset the line form uses: literals,
+    classes, groups, alternation, bounded repeats), varied by ``salt`` and word-like where
+    a class allows letters and spaces."""
+    import re._constants as c
+    import re._parser as parser
+
+    seed = int(hashlib.sha1(salt.encode()).hexdigest()[:8], 16)
+    rng = random.Random(seed)
+
+    def allowed(items: Any, ch: str) -> bool:
+        negate, hit = False, False
+        for op, av in items:
+            if op is c.NEGATE:
+                negate = True
+            elif op is c.LITERAL:
+                hit |= ord(ch) == av
+            elif op is c.RANGE:
+                hit |= av[0] <= ord(ch) <= av[1]
+            elif op is c.CATEGORY:
+                if av is c.CATEGORY_SPACE:
+                    hit |= ch.isspace()
+                elif av is c.CATEGORY_DIGIT:
+                    hit |= ch.isdigit()
+                elif av is c.CATEGORY_WORD:
+                    hit |= ch.isalnum() or ch == "_"
+        return hit != negate
+
+    def one_of(items: Any, offset: int) -> str:
+        for k in range(len(_FILL)):
+            ch = _FILL[(offset + k) % len(_FILL)]
+            if allowed(items, ch):
+                return ch
+        for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.?!":
+            if allowed(items, ch):
+                return ch
+        raise ValueError("fake server: a character class it cannot fill")
+
+    def walk(tree: Any) -> str:
+        out: list[str] = []
+        for op, av in tree:
+            if op is c.LITERAL:
+                out.append(chr(av))
+            elif op is c.IN:
+                out.append(one_of(av, rng.randrange(len(_FILL))))
+            elif op is c.NOT_LITERAL:
+                out.append(one_of([(c.NEGATE, None), (c.LITERAL, av)], rng.randrange(len(_FILL))))
+            elif op is c.SUBPATTERN:
+                out.append(walk(av[-1]))
+            elif op is c.BRANCH:
+                out.append(walk(rng.choice(av[1])))
+            elif op in (c.MAX_REPEAT, c.MIN_REPEAT):
+                lo, hi, sub = av
+                top = lo if hi is c.MAXREPEAT else min(hi, max(lo, 24))
+                n = rng.randint(lo, max(lo, top))
+                if len(sub) == 1 and sub[0][0] in (c.IN, c.NOT_LITERAL):
+                    op1, av1 = sub[0]
+                    items = av1 if op1 is c.IN else [(c.NEGATE, None), (c.LITERAL, av1)]
+                    start = rng.randrange(len(_FILL))
+                    out.append("".join(one_of(items, start + i) for i in range(n)))
+                else:
+                    out.extend(walk(sub) for _ in range(n))
+            elif op is c.ANY:
+                out.append("x")
+            elif op is c.AT:
+                continue
+            else:
+                raise ValueError(f"fake server: regex op {op} not supported")
+        return "".join(out)
+
+    return walk(parser.parse(pattern))
 
 
 def instance(schema: dict[str, Any], defs: dict[str, Any], salt: str) -> Any:
@@ -140,6 +216,7 @@ class FakeServer:
         self.slots = asyncio.Semaphore(capacity) if capacity else None
         """``capacity``: at most this many requests processed at once, the others wait."""
         self.requests = 0
+        self.last_bodies: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self.in_flight = 0
         self.max_in_flight = 0
         self.fault_rate = fault_rate
@@ -227,17 +304,24 @@ class FakeServer:
     def completion(
         self, body: dict[str, Any], *, content: str | None = None, finish: str = "stop"
     ) -> dict[str, Any]:
+        self.last_bodies.append(body)
         salt = f"{self.requests}:{body.get('seed')}:{len(json.dumps(body['messages']))}"
         fmt = body.get("response_format") or {}
-        if content is not None:
-            pass
-        elif fmt.get("type") == "json_schema":
-            schema = fmt["json_schema"]["schema"]
-            content = json.dumps(instance(schema, schema.get("$defs", {}), salt))
-        else:
-            content = f"A fake answer ({salt})."
+        regex = (body.get("structured_outputs") or {}).get("regex")
+        contents: list[str] = []
+        for i in range(max(1, int(body.get("n") or 1))):
+            one = f"{salt}:{i}"
+            if content is not None:
+                contents.append(content)
+            elif fmt.get("type") == "json_schema":
+                schema = fmt["json_schema"]["schema"]
+                contents.append(json.dumps(instance(schema, schema.get("$defs", {}), one)))
+            elif regex:
+                contents.append(regex_text(regex, one))
+            else:
+                contents.append(f"A fake answer ({one}).")
         prompt_tokens = sum(len(m.get("content", "")) for m in body["messages"]) // 4
-        completion_tokens = max(1, len(content) // 4)
+        completion_tokens = max(1, sum(len(text) for text in contents) // 4)
         return {
             "id": f"chatcmpl-{self.requests}",
             "object": "chat.completion",
@@ -245,10 +329,11 @@ class FakeServer:
             "model": body.get("model", self.model),
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
                     "finish_reason": finish,
                 }
+                for i, text in enumerate(contents)
             ],
             "usage": {
                 "prompt_tokens": prompt_tokens,
@@ -296,6 +381,10 @@ class FakeServer:
             {"object": "list", "data": [{"id": m, "object": "model"} for m in self.served]}
         )
 
+    async def last(self, request: web.Request) -> web.Response:
+        """The last chat request bodies answered (at most 50), oldest first."""
+        return web.json_response(list(self.last_bodies))
+
     async def stats(self, request: web.Request) -> web.Response:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return web.json_response(
@@ -341,6 +430,7 @@ class FakeServer:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/stats", self.stats)
+        app.router.add_get("/admin/last", self.last)
         app.router.add_post("/admin/down", self.admin_down)
         app.router.add_post("/admin/up", self.admin_up)
         app.router.add_post("/admin/models", self.admin_models)

@@ -46,12 +46,13 @@ async def screen_answer(
     checks: bool,
     loop_rule: str,
     relevance_min: float | None,
-    refined: bool = False,
+    before: str | None = None,
 ) -> Screened:
-    """The answer as the judge will see it, or why it will not be judged. A ``refined``
-    answer loses a first line that only announces the rewrite."""
+    """The answer as the judge will see it, or why it will not be judged. A refinement
+    (``before``: the answer it rewrote) loses a first line that only announces the rewrite,
+    and with the relevance check must not drift further from the request than that answer."""
     cut: Literal["loop", "cap"] | None = None
-    if refined:
+    if before is not None:
         text = without_revision_note(text)
     if finish_reason == "length":
         kept = cut_answer(text) if loop_rule == "cut" else None
@@ -62,5 +63,5 @@ async def screen_answer(
         return Screened(text, cut)
     problem = answer_problem(text, request)
     if problem is None and relevance_min is not None:
-        problem = await off_topic(request, text, relevance_min)
+        problem = await off_topic(request, text, relevance_min, before)
     return Screened(text, cut, problem)

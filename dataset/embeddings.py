@@ -63,6 +63,7 @@ def sentence_embedder(max_len: int = 256) -> Any:
         from transformers.utils import logging
 
         logging.set_verbosity_error()
+        logging.disable_progress_bar()
         folder = base_folder()
         model = AutoModel.from_pretrained(folder)
         model.eval()

@@ -26,16 +26,32 @@ async def relevance(request: str, answer: str) -> float:
     return await asyncio.to_thread(_similarity, request, answer)
 
 
-async def off_topic(request: str, answer: str, floor: float) -> QualityFilter | None:
-    """A filter record when the answer's similarity with the request is under ``floor``."""
-    score = await relevance(request, answer)
-    if score >= floor:
-        return None
+DRIFT_SLACK = 0.05
+"""How much less similar to its request a refined answer may be than the answer before it."""
+
+
+def _off_topic(answer: str, score: float, method: str) -> QualityFilter:
     return QualityFilter(
         name="off-topic",
-        method="cosine of all-MiniLM-L6-v2 embeddings with the request",
+        method=method,
         score=round(score, 3),
         field="response",
         match_text=answer if len(answer) <= 300 else answer[:299] + "…",
         source="check",
     )
+
+
+async def off_topic(
+    request: str, answer: str, floor: float, before: str | None = None
+) -> QualityFilter | None:
+    """A filter record when the answer's similarity with the request is under ``floor``, or
+    (a refinement: ``before`` is the answer it rewrote) more than :data:`DRIFT_SLACK` under
+    the similarity of the answer before it."""
+    score = await relevance(request, answer)
+    if score < floor:
+        return _off_topic(answer, score, "cosine of all-MiniLM-L6-v2 embeddings with the request")
+    if before is not None:
+        was = await relevance(request, before)
+        if score < was - DRIFT_SLACK:
+            return _off_topic(answer, score, f"drifted from the request (was {was:.3f})")
+    return None

@@ -224,7 +224,8 @@ def degenerate(text: str, field: str = "response") -> QualityFilter | None:
     return None
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s)|\n")
+_SENTENCE_END = re.compile(r"(?<=[^\d\s][.!?])[\"')\]]*(?=\s)|\n")
+"""After a sentence's final mark (not a list number's "6."), or a line break."""
 
 
 def loop_cut(text: str, n: int = LOOP_NGRAM) -> int | None:
@@ -234,11 +235,19 @@ def loop_cut(text: str, n: int = LOOP_NGRAM) -> int | None:
     tokens = [text[a:b].casefold() for a, b in spans]
     if len(tokens) < 2 * n:
         return None
-    first_seen: dict[tuple[str, ...], int] = {}
+    last_seen: dict[tuple[str, ...], int] = {}
     for i, gram in enumerate(_ngrams(tokens, n)):
-        if gram in first_seen and repeated_share(tokens[i:], n) >= 0.5:
-            return spans[i][0]
-        first_seen.setdefault(gram, i)
+        if gram in last_seen and repeated_share(tokens[i:], n) >= 0.5:
+            # The text repeats with period p from here on; the loop began where that
+            # periodicity began (walking back while each word equals the one p later).
+            period, k = i - last_seen[gram], i
+            while k > 0 and tokens[k - 1] == tokens[k - 1 + period]:
+                k -= 1
+            # Say the repeated unit once, unless the text said it before the loop began.
+            unit = " " + " ".join(tokens[k : k + period]) + " "
+            said = unit in " " + " ".join(tokens[:k]) + " "
+            return spans[k][0] if said else spans[min(k + period, i)][0]
+        last_seen[gram] = i
     return None
 
 
@@ -246,8 +255,9 @@ def last_sentence_end(text: str, limit: int | None = None) -> int:
     """The end of the last complete sentence (or line) in ``text[:limit]``; 0 if none."""
     head = text if limit is None else text[:limit]
     ends = [m.start() for m in _SENTENCE_END.finditer(head)]
-    if head.rstrip().endswith((".", "!", "?")) and head[len(head.rstrip()) :]:
-        ends.append(len(head.rstrip()))
+    stripped = head.rstrip()
+    if re.search(r"[^\d\s][.!?]$", stripped) and head[len(stripped) :]:
+        ends.append(len(stripped))
     ends = [e for e in ends if head[:e].strip()]
     return ends[-1] if ends else 0
 
@@ -266,11 +276,20 @@ def cut_answer(text: str) -> tuple[str, Literal["loop", "cap"]] | None:
 # --- answers ------------------------------------------------------------------------------
 
 
-def asks_back(answer: str) -> QualityFilter | None:
-    """A short reply that asks for the request (or more of it) instead of answering."""
+QUESTION_ONLY_MAX_WORDS = 30
+"""A reply this short that ends on a question asks instead of answering."""
+
+
+def asks_back(answer: str, request: str = "") -> QualityFilter | None:
+    """A short reply that asks for the request (or more of it) instead of answering. (A
+    request for a question may of course be answered by one.)"""
     tokens = words(answer)
     if len(tokens) <= ASK_BACK_MAX_WORDS and _ASK_BACK.search(answer):
         return _filter("asks-back", "response", "asks for the request", answer)
+    wants_question = bool({"question", "questions", "ask"} & set(words(request)))
+    short = len(tokens) <= QUESTION_ONLY_MAX_WORDS
+    if short and answer.rstrip().endswith("?") and not wants_question:
+        return _filter("asks-back", "response", "a short reply ending on a question", answer)
     return None
 
 
@@ -301,4 +320,4 @@ def restates(answer: str, request: str) -> QualityFilter | None:
 
 def answer_problem(answer: str, request: str) -> QualityFilter | None:
     """The first check the answer fails, or None."""
-    return asks_back(answer) or restates(answer, request) or degenerate(answer, "response")
+    return asks_back(answer, request) or restates(answer, request) or degenerate(answer, "response")

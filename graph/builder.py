@@ -52,10 +52,12 @@ from state.records import Usage
 # Routes are coroutines: LangGraph runs a plain function route in a thread pool, one
 # hop per step.
 async def _start(state: ReferenceState, runtime: Runtime[RefedContext]) -> str:
-    """The reference's own score first when the bar is anchored on it (unless known)."""
-    anchored = JudgeBar.parse(runtime.context.judge_bar).anchored
-    cached = state.feedback is not None and state.feedback.reference_judgement is not None
-    if anchored and state.reference_judgement is None and not cached:
+    """With a bar anchored on the reference, its own score comes first: from cached feedback
+    (no call), beside the analysis calls (reference mode), or by itself (other modes)."""
+    ctx = runtime.context
+    anchored = JudgeBar.parse(ctx.judge_bar).anchored
+    analysing = ctx.feedback_mode == "reference" and state.feedback is None
+    if anchored and state.reference_judgement is None and not analysing:
         return "reference_judge"
     return await _collect_feedback(state, runtime)
 

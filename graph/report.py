@@ -46,6 +46,9 @@ from graph.viewer import write_viewer
 
 __all__ = ["build_report", "main", "write_report"]
 
+SHOWN_SAMPLES = 3
+"""Accepted samples the report shows verbatim: the first ones by sample id."""
+
 
 def build_report(run: RunData) -> dict[str, Any]:
     """Every number the report shows."""
@@ -74,6 +77,17 @@ def build_report(run: RunData) -> dict[str, Any]:
         "quality": (  # the ledgers' final numbers, whenever quality.json was written
             with_ledger_counts(run.quality, run.accepted, run.rejected) if run.quality else None
         ),
+        "profile": run.manifest.fingerprint.get("profile"),
+        "judge_bar": run.manifest.fingerprint.get("judge_bar"),
+        "first_accepted": [
+            {
+                "sample_id": s.sample_id,
+                "instruction": s.instruction,
+                "response": s.response,
+                "judge_mean": s.judgement.mean if s.judgement else None,
+            }
+            for s in sorted(run.accepted, key=lambda s: s.sample_id)[:SHOWN_SAMPLES]
+        ],
     }
 
 
@@ -186,10 +200,12 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
     resp = report["response_length_tokens"]
     sim = report["rouge_l_with_own_seed"]
     rate = report["acceptance_rate"]
+    profile = f", profile `{report['profile']}`" if report.get("profile") else ""
     lines = [
         f"# Run {report['run_id']}: what it produced",
         "",
-        f"Model `{report['model']}`, seeds `{report['seeds']}`, status {report['status']}; "
+        f"Model `{report['model']}`{profile}, judge bar `{report.get('judge_bar')}`, seeds "
+        f"`{report['seeds']}`, status {report['status']}; "
         f"{report['references_done']} references done, {report['samples']} candidates, "
         f"**{report['accepted']} accepted**"
         + (f" ({100 * rate:.1f}%)." if rate is not None else "."),
@@ -278,6 +294,19 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
     for name, alt in (("lengths.png", "lengths"), ("words.png", "words")):
         if name in plots:
             lines += [f"![{alt}]({name})", ""]
+    if report.get("first_accepted"):
+        lines += [f"## The first {len(report['first_accepted'])} accepted samples (by id)", ""]
+        for sample in report["first_accepted"]:
+            lines += [
+                f"**{sample['sample_id']}** (judge mean {_f(sample['judge_mean'])})",
+                "",
+                *(f"> {line}" for line in sample["instruction"].splitlines()),
+                "",
+                "~~~text",
+                sample["response"] or "",
+                "~~~",
+                "",
+            ]
     return "\n".join(lines)
 
 

@@ -101,6 +101,18 @@ def derive_seed(base: int, *parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
+LINE_FORM_KEYS = frozenset({"line_pattern", "item_pattern"})
+"""Schema annotations for the line form only (state/line_format.py): not sent as JSON schema."""
+
+
+def _without_line_keys(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_line_keys(v) for k, v in node.items() if k not in LINE_FORM_KEYS}
+    if isinstance(node, list):
+        return [_without_line_keys(v) for v in node]
+    return node
+
+
 @cache
 def json_schema_format(schema: type[BaseModel]) -> dict[str, Any]:
     """The ``response_format`` for ``schema`` (built once per schema: treat as read-only)."""
@@ -108,7 +120,7 @@ def json_schema_format(schema: type[BaseModel]) -> dict[str, Any]:
         "type": "json_schema",
         "json_schema": {
             "name": schema.__name__,
-            "schema": schema.model_json_schema(),
+            "schema": _without_line_keys(schema.model_json_schema()),
             "strict": True,
         },
     }
@@ -575,6 +587,9 @@ class LLMClient:
                 if exc.kind == "length" and parse in (_text, _text_or_cut):
                     raise  # a longer answer will not fit the next time either
                 log.debug("llm_retry", task=task, attempt=attempt, error=exc.message[:200])
+                if params.get("seed") is not None:
+                    # A seeded request gives the same answer again: ask for another one.
+                    params = {**params, "seed": (params["seed"] + 1) & 0x7FFFFFFF}
             if attempt >= self.max_retries:
                 break
             attempt += 1

@@ -2,7 +2,8 @@
 
 Two feedback calls, made once per reference and run concurrently: one on the
 instruction (subject areas, skills, clarity), one on the response (content,
-communication, alignment, improvements).
+communication, alignment, improvements). With a bar anchored on the reference, the
+judge's score of the reference pair is asked for at the same time.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ from langgraph.runtime import Runtime
 
 import prompts
 from nodes.llm import LLMError, client_for, derive_seed
+from nodes.reference_judge import judge_reference, needs_reference_score
 from state.context import RefedContext
 from state.graph_state import ReferenceState
 from state.llm_outputs import InstructionAnalysisOut, ResponseAnalysisOut
 from state.records import InstructionAnalysis, ResponseAnalysis, Usage
+
+
+async def _nothing() -> dict[str, Any]:
+    return {}
 
 
 async def reference_analysis(
@@ -34,7 +40,9 @@ async def reference_analysis(
         "max_tokens": ctx.analysis_max_tokens,
         "sampling": ctx.sampling(),
     }
-    calls = await asyncio.gather(
+    scoring = needs_reference_score(state, ctx)
+    scored, *calls = await asyncio.gather(
+        judge_reference(ctx, ref) if scoring else _nothing(),
         llm.structured(
             about_instruction.render(instruction=ref.instruction),
             InstructionAnalysisOut,
@@ -55,8 +63,10 @@ async def reference_analysis(
         ),
         return_exceptions=True,
     )
-    usage = Usage()
-    errors: list[str] = []
+    if isinstance(scored, BaseException):
+        raise scored
+    usage = Usage.model_validate(scored.get("usage") or {})
+    errors: list[str] = [scored["error"]] if scored.get("error") else []
     for result in calls:
         if isinstance(result, LLMError):
             usage += result.usage
@@ -70,6 +80,7 @@ async def reference_analysis(
     inst, resp = calls
     assert not isinstance(inst, BaseException) and not isinstance(resp, BaseException)
     return {
+        **({"reference_judgement": scored["reference_judgement"]} if scoring else {}),
         "usage": usage,
         "instruction_analysis": InstructionAnalysis(**inst.value.model_dump()),
         "response_analysis": ResponseAnalysis(**resp.value.model_dump()),

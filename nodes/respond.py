@@ -18,6 +18,7 @@ from dataset.answers import screen_answer
 from nodes.llm import LLMError, client_for, derive_seed
 from state.context import RefedContext
 from state.graph_state import CandidateState
+from state.records import Usage
 
 
 async def respond(state: CandidateState, runtime: Runtime[RefedContext]) -> dict[str, Any]:
@@ -46,8 +47,8 @@ async def respond(state: CandidateState, runtime: Runtime[RefedContext]) -> dict
         loop_rule=ctx.loop_rule,
         relevance_min=ctx.relevance_min,
     )
-    if seen.error is not None:
-        return {"usage": reply.usage, "error": f"respond: {seen.error}"}
+    if seen.error is not None:  # an answer that came, but cannot be used: a failed call
+        return {"usage": reply.usage + Usage(failed_calls=1), "error": f"respond: {seen.error}"}
     return {
         "usage": reply.usage,
         "first_response": seen.text,

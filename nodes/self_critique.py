@@ -88,7 +88,7 @@ async def self_critique(state: CandidateState, runtime: Runtime[RefedContext]) -
         checks=ctx.checks,
         loop_rule=ctx.loop_rule,
         relevance_min=ctx.relevance_min,
-        refined=True,
+        before=state.response,
     )
     update["usage"] = usage + reply.usage
     if seen.problem is not None:

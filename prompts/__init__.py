@@ -33,12 +33,11 @@ from string import Template
 from typing import Literal
 
 from state.criteria import CriteriaError, CriteriaSet, load_criteria_file
-from state.profile import Profile, ProfileError, load_profile_file
+from state.profile import Profile, ProfileError, builtin_names, find_profile
 from state.settings import RefedSettings
 
 PROMPT_DIR = Path(__file__).resolve().parent
 CRITERIA_DIR = PROMPT_DIR / "criteria"
-PROFILE_DIR = PROMPT_DIR / "profiles"
 MAX_FIELD_CHARS = 6000
 """Longest text put into a prompt from one field; longer text is cut with a marker."""
 EMBEDDED_PROFILE = "smollm2"
@@ -156,21 +155,13 @@ def criteria(name_or_path: str) -> CriteriaSet:
 
 def profile_names() -> list[str]:
     """The built-in generation profiles."""
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+    return builtin_names()
 
 
 @cache
 def profile(name_or_path: str) -> Profile:
     """A built-in profile by name (``smollm2``) or a TOML file."""
-    if "/" not in name_or_path and not name_or_path.endswith(".toml"):
-        builtin = PROFILE_DIR / f"{name_or_path}.toml"
-        if not builtin.is_file():
-            raise ProfileError(
-                f"no built-in profile {name_or_path!r} (built-in: "
-                f"{', '.join(profile_names())}; or give a path to a .toml file)"
-            )
-        return load_profile_file(builtin)
-    return load_profile_file(Path(name_or_path))
+    return find_profile(name_or_path)
 
 
 def resolve_profile(settings: RefedSettings) -> RefedSettings:

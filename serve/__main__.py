@@ -9,9 +9,13 @@ from types import FrameType
 
 import uvicorn
 
+import prompts
+from dataset.embeddings import BaseModelMissing
 from graph.endpoint import llm_endpoint
 from graph.logs import add_secret, configure_logging
+from graph.run import check_relevance_model
 from serve.app import create_app
+from state.profile import ProfileError
 from state.settings import RefedSettings, add_settings_flags, settings_from_args
 
 SERVICE_FLAGS = (
@@ -24,6 +28,7 @@ SERVICE_FLAGS = (
     "timeout",
     "max_retries",
     "feedback_mode",
+    "profile",
     "judge_bar",
     "max_revisions",
     "temperature",
@@ -45,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__)
     add_settings_flags(parser, only=SERVICE_FLAGS)
     settings: RefedSettings = settings_from_args(parser.parse_args(argv))
+    try:  # the same profile as the batch job: the embedded model's when none is given
+        settings = prompts.resolve_profile(settings)
+        check_relevance_model(settings)
+    except (ProfileError, BaseModelMissing) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     add_secret(settings.api_key.get_secret_value())
     if settings.service_token is not None:
         add_secret(settings.service_token.get_secret_value())

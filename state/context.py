@@ -12,12 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from state.profile import with_named_profile
 from state.records import FeedbackMode
 from state.settings import RefedSettings
 
 
 def _default(name: str) -> Any:
-    return field(default_factory=lambda: getattr(RefedSettings(), name))
+    return field(default_factory=lambda: getattr(_settings(), name))
+
+
+def _settings() -> RefedSettings:
+    """The settings from the environment and config file, with the profile they name
+    (``REFED_PROFILE``, e.g. in Studio's ``.env``) applied."""
+    return with_named_profile(RefedSettings())
 
 
 @dataclass(kw_only=True)

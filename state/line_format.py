@@ -10,7 +10,8 @@ one ``Label: value`` line per field, in field order::
 :func:`line_regex` writes the regular expression the server holds the answer to (vLLM's
 ``structured_outputs.regex``): a value never holds a line break, a list's items are
 separated by ``; `` and bounded in number and length, a ``Literal`` is one of its values.
-A field may give its own value pattern in ``json_schema_extra={"line_pattern": ...}``.
+A field may give its own value pattern in ``json_schema_extra={"line_pattern": ...}``, a
+list its items' in ``{"item_pattern": ...}`` (neither may hold ``;`` or a line break).
 :func:`parse_lines` reads such an answer back into the schema.
 """
 
@@ -82,6 +83,8 @@ def _value_regex(info: FieldInfo, cap: int | None) -> str:
             raise TypeError("line format: lists of strings only")
         ilo, ihi = _bounds(item_info) if item_info is not None else (None, None)
         item = _text(ilo, _capped(ihi, cap), in_list=True)
+        if "item_pattern" in extra:
+            item = f"({extra['item_pattern']})"
         lo, hi = _bounds(info)
         lo, hi = max(1, lo or 1), max(1, hi or 5)
         sep = _escape(ITEM_SEPARATOR)

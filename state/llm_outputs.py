@@ -22,23 +22,58 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# Titles are the labels of the line form (state/line_format.py).
+# Titles are the labels of the line form (state/line_format.py), and ``line_pattern`` /
+# ``item_pattern`` hold its values to a shape (a short phrase, a sentence about the answer,
+# advice that starts with a verb); JSON schemas sent to a server leave them out.
+PHRASE = "[a-z][a-z0-9'-]{1,20}( [a-z0-9'-]{1,20}){0,3}"
+ABOUT_IT = "(It|Its|The) [^\\n]{8,120}"
+ADVICE_VERBS = (
+    "Give|Use|Keep|Say|Show|Explain|Add|End|Start|List|Name|Warn|Cover|Avoid|Include|Define"
+    "|Check|Answer|Ask|Write|Make|Match|State|Put|Offer|Mention|Stay|Focus|Describe|Suggest"
+    "|Choose|Set|Tell|Point out|Be"
+)
+ADVICE = f"({ADVICE_VERBS}) [^\\n;]{{5,100}}"
+
+
+def _lines(**extra: str) -> Any:
+    return {f"{k}": v for k, v in extra.items()}
+
+
 class InstructionAnalysisOut(_Out):
-    subject_areas: list[Short] = Field(min_length=1, max_length=3, title="Topics")
-    skills: list[Short] = Field(min_length=1, max_length=3, title="Skills")
-    clarity: Line = Field(title="Clarity")
+    subject_areas: list[Short] = Field(
+        min_length=1, max_length=3, title="Topics", json_schema_extra=_lines(item_pattern=PHRASE)
+    )
+    skills: list[Short] = Field(
+        min_length=1, max_length=3, title="Skills", json_schema_extra=_lines(item_pattern=PHRASE)
+    )
+    clarity: Line = Field(title="Clarity", json_schema_extra=_lines(line_pattern=ABOUT_IT))
 
 
 class ResponseAnalysisOut(_Out):
-    content: Line = Field(title="Content")
-    communication: Line = Field(title="Form")
-    alignment: Line = Field(title="Fit")
-    improvements: list[Line] = Field(min_length=1, max_length=3, title="Could improve")
+    content: Line = Field(title="Content", json_schema_extra=_lines(line_pattern=ABOUT_IT))
+    communication: Line = Field(title="Form", json_schema_extra=_lines(line_pattern=ABOUT_IT))
+    alignment: Line = Field(title="Fit", json_schema_extra=_lines(line_pattern=ABOUT_IT))
+    improvements: list[Line] = Field(
+        min_length=1,
+        max_length=3,
+        title="Could improve",
+        json_schema_extra=_lines(item_pattern=ADVICE),
+    )
 
 
 class DistilledFeedbackOut(_Out):
-    instruction_guidance: list[Line] = Field(min_length=1, max_length=4, title="For requests")
-    response_guidance: list[Line] = Field(min_length=1, max_length=4, title="For answers")
+    instruction_guidance: list[Line] = Field(
+        min_length=1,
+        max_length=4,
+        title="For requests",
+        json_schema_extra=_lines(item_pattern=ADVICE),
+    )
+    response_guidance: list[Line] = Field(
+        min_length=1,
+        max_length=4,
+        title="For answers",
+        json_schema_extra=_lines(item_pattern=ADVICE),
+    )
 
 
 class InstructionsOut(_Out):
@@ -66,8 +101,13 @@ class OneInstructionOut(_Out):
 
 
 class SampleFeedbackOut(_Out):
-    strengths: Line = Field(title="Strengths")
-    improvements: list[Line] = Field(min_length=1, max_length=3, title="Could improve")
+    strengths: Line = Field(title="Strengths", json_schema_extra=_lines(line_pattern=ABOUT_IT))
+    improvements: list[Line] = Field(
+        min_length=1,
+        max_length=3,
+        title="Could improve",
+        json_schema_extra=_lines(item_pattern=ADVICE),
+    )
 
 
 class JudgeOut(_Out):

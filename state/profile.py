@@ -41,6 +41,34 @@ class Profile(BaseModel):
     version: str = Field(default="", description="First 12 hex digits of the file's sha256.")
 
 
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "prompts" / "profiles"
+"""Where the built-in profiles live (with the prompts they name)."""
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
+
+
+def find_profile(name_or_path: str) -> Profile:
+    """A built-in profile by name (``smollm2``) or a TOML file."""
+    if "/" not in name_or_path and not name_or_path.endswith(".toml"):
+        builtin = BUILTIN_DIR / f"{name_or_path}.toml"
+        if not builtin.is_file():
+            raise ProfileError(
+                f"no built-in profile {name_or_path!r} (built-in: "
+                f"{', '.join(builtin_names())}; or give a path to a .toml file)"
+            )
+        return load_profile_file(builtin)
+    return load_profile_file(Path(name_or_path))
+
+
+def with_named_profile(settings: RefedSettings) -> RefedSettings:
+    """``settings`` with the profile it names applied (unchanged when it names none)."""
+    if settings.profile is None:
+        return settings
+    return settings.apply_profile(find_profile(settings.profile).settings, settings.profile)
+
+
 NOT_IN_PROFILE = frozenset({"profile", "base_url", "base_urls_file", "api_key", "out", "seeds"})
 """Settings a profile may not set: where to run, what on, and secrets are the user's."""
 

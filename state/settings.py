@@ -582,7 +582,9 @@ def add_settings_flags(
             continue
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
-            parser.add_argument(flag, action="store_true", default=None, help=field.description)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=field.description
+            )
             continue
         kind, choices = _flag_type(field.annotation)
         if name == "base_url":  # repeatable: one flag per endpoint

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from dataset.embeddings import similarity
+from dataset.validity import answer_problem, degenerate, not_a_request
 from graph.ledger import Ledger
 from graph.runfolder import Manifest
 from graph.seeds import read_seeds
@@ -84,7 +86,7 @@ def test_modes_on_real_vllm(vllm_base_url: str, lima3: Path, tmp_path: Path, mod
     for s in samples + rejected:
         assert s.provenance.feedback_mode == mode
         assert s.provenance.model == "smollm2"
-        if s.status == "failed":
+        if s.status == "failed" or s.filter is not None:  # failed, or a check rejected it
             assert s.reason
             continue
         assert s.judgement is not None and 1 <= s.judgement.mean <= 5
@@ -116,3 +118,57 @@ def test_modes_on_real_vllm(vllm_base_url: str, lima3: Path, tmp_path: Path, mod
         assert stats.usage.feedback_calls == len(answered) <= n_candidates
     else:
         assert feedback == [] and stats.usage.feedback_calls == 0
+
+
+def test_embedded_profile_yields_valid_samples(
+    vllm_base_url: str, shared_data: Path, tmp_path: Path
+) -> None:
+    """Issue 15: four LIMA references x 2 on the embedded model's profile give at least
+    four accepted samples, each a request (not a copy of the prompt, not markup) answered
+    by text that neither loops nor asks back and is about the request."""
+    seeds = tmp_path / "lima4.jsonl"
+    refs = read_seeds(shared_data / "seeds" / "lima.json", limit=4)
+    seeds.write_text(
+        "".join(
+            json.dumps({"instruction": r.instruction, "response": r.response}) + "\n" for r in refs
+        )
+    )
+    out = tmp_path / "run"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "graph.run",
+            "--seeds",
+            str(seeds),
+            "--base-url",
+            vllm_base_url,
+            "--model",
+            "smollm2",
+            "--out",
+            str(out),
+            "--per-reference",
+            "2",
+            "--profile",
+            "smollm2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    samples = list(Ledger(out / "samples.jsonl").read(Sample))
+    done = list(Ledger(out / "references.jsonl").read(ReferenceDone))
+    assert [d.error for d in done] == [None] * 4  # no reference failed at analysis
+    assert len(samples) >= 4, [s.reason for s in Ledger(out / "rejected.jsonl").read(Sample)]
+    manifest = Manifest.model_validate_json((out / "run.json").read_text())
+    assert manifest.fingerprint["profile"] == "smollm2"
+    assert manifest.fingerprint["repetition_penalty"] is not None
+    for s in samples:
+        assert not_a_request(s.instruction) is None, s.instruction
+        assert degenerate(s.instruction, "instruction") is None, s.instruction
+        assert s.response and answer_problem(s.response, s.instruction) is None, s.response
+        assert similarity(s.instruction, s.response) >= 0.3
+        assert s.judgement is not None and s.judgement.threshold is not None

@@ -324,3 +324,82 @@ async def test_checkpoints_grow_with_steps_not_with_candidates(run: Run) -> None
         counts[k] = len(rows)
     assert counts[2] == counts[5]
     assert not {"instruction", "response", "judgement"} & set(compile_graph().channels)
+
+
+def _judge_scoring(reference: int, candidate: int) -> Callable[..., dict[str, Any]]:
+    """Joint judge answers: ``reference`` for the reference pair itself, else ``candidate``."""
+
+    def answer(messages: list[BaseMessage], kwargs: dict[str, Any]) -> dict[str, Any]:
+        text = str(messages[-1].content)
+        score = reference if REF.response in text.split("Response", 1)[-1] else candidate
+        names = ("helpfulness", "instruction_following", "correctness", "clarity")
+        return {"rationale": "ok", **dict.fromkeys(names, score)}
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("bar", "reference", "candidate", "status"),
+    [
+        ("reference:0.5", 2, 2, "accepted"),  # as good as its reference: passes a low judge
+        ("reference:0.5", 4, 3, "rejected"),  # a whole point under its reference
+        ("3", 2, 2, "rejected"),  # the same answers under a fixed bar
+    ],
+)
+async def test_a_bar_anchored_on_the_reference(
+    run: Run, bar: str, reference: int, candidate: int, status: str
+) -> None:
+    out, script = await run(
+        {"JudgeOut": _judge_scoring(reference, candidate)}, judge_bar=bar, max_revisions=0
+    )
+    cands: list[Candidate] = out["candidates"]
+    assert [c.status for c in cands] == [status] * 2
+    anchored = bar.startswith("reference")
+    judged_reference = out.get("reference_judgement")
+    assert (judged_reference is not None) == anchored
+    if anchored:
+        assert judged_reference.mean == reference
+        assert out["feedback"].reference_judgement == judged_reference  # cached with it
+        for c in cands:
+            assert c.judgement is not None
+            assert c.judgement.threshold == pytest.approx(reference - 0.5)
+    assert script.count("JudgeOut") == 2 + (1 if anchored else 0)  # the reference: once
+
+
+async def test_cached_feedback_brings_its_reference_score(run: Run) -> None:
+    first, _ = await run(judge_bar="reference:0.5")
+    cached = first["feedback"]
+    assert cached.reference_judgement is not None
+    script = Script()
+    key = f"test-graph-{next(_keys)}"
+    register_client(key, LLMClient(ScriptedChatModel(script), max_retries=1, backoff_base=0))
+    try:
+        ctx = RefedContext(
+            client_key=key, base_url=None, per_reference=2, judge_bar="reference:0.5"
+        )
+        out = await compile_graph().ainvoke({"reference": REF, "feedback": cached}, context=ctx)
+    finally:
+        unregister_client(key)
+    assert out["reference_judgement"] == cached.reference_judgement
+    assert script.count("JudgeOut") == 2  # the two candidates only: no new reference call
+    assert script.count("InstructionAnalysisOut") == 0
+
+
+async def test_an_answer_that_asks_back_is_rejected_unjudged(run: Run) -> None:
+    out, script = await run({"respond": "I'm ready to help. What's your request?"})
+    cands: list[Candidate] = out["candidates"]
+    assert [c.status for c in cands] == ["rejected", "rejected"]
+    for c in cands:
+        assert c.filter is not None and c.filter.name == "asks-back"
+        assert c.reason == "check asks-back on the response: asks for the request"
+        assert c.judgement is None
+    assert script.count("JudgeOut") == 0 and script.count("refine") == 0
+
+
+async def test_a_refinement_that_loops_to_the_cap_is_cut_before_the_loop(run: Run) -> None:
+    looped = "Chill the slices first. Then dip them in lemon water. " + "Keep them cold. " * 60
+    out, _ = await run({"refine": (looped, "length")})
+    for c in out["candidates"]:
+        assert c.status == "accepted"
+        assert c.response == "Chill the slices first. Then dip them in lemon water. Keep them cold."
+        assert c.cut == "loop" and c.refine_dropped is None

@@ -83,6 +83,8 @@ class _Counts:
     bench: dict[str, Counter[str]] = field(default_factory=dict)  # benchmark -> method/field
 
     def count(self, f: QualityFilter) -> None:
+        if not f.is_gate:  # a validity check's rejection, before the judge: not the gate's
+            return
         source = f.source or "?"
         if f.name == "near-duplicate":
             self.near_dup[source] += 1

@@ -1,0 +1,186 @@
+"""The validity checks catch what a small model was seen to write, and leave human data alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import prompts
+from dataset.answers import screen_answer, without_revision_note
+from dataset.validity import (
+    answer_problem,
+    cut_answer,
+    degenerate,
+    instruction_problem,
+    loop_cut,
+    not_a_request,
+)
+
+REF_INSTRUCTION = "Write a short poem about the sea for a child."
+REF_RESPONSE = "The sea is big and blue,\nit sings a song for you."
+
+
+def _synthesis_prompt_text() -> str:
+    """The default synthesis and feedback prompts as rendered: what a model may copy."""
+    parts = []
+    for name in ("analyze_instruction", "analyze_response", "distill_feedback"):
+        msgs = prompts.load(name).render(
+            instruction=REF_INSTRUCTION,
+            response=REF_RESPONSE,
+            subject_areas="sea",
+            skills="poetry",
+            clarity="clear",
+            content="good",
+            communication="good",
+            alignment="good",
+            improvements="none",
+        )
+        parts.extend(m["content"] for m in msgs)
+    return "\n".join(parts)
+
+
+# The instructions issue 15 found in the embedded default's output.
+SEEN_INSTRUCTIONS = [
+    ("Title Description", "not-a-request"),
+    ("problem,", "not-a-request"),
+    ("up to three short phrases", "copies-prompt"),
+    ("up to four points a new instruction in this spirit should meet", "copies-prompt"),
+    (",4>=AAUL,6OPT,2,*4.2CrossRefMUSTtab={", "not-a-request"),
+    ("break-a-jar-lid-open-without-you-gras-on-the-ground", "not-a-request"),
+    ("I'm here to help you with your creative endeavors. What's on your mind?", "not-a-request"),
+]
+
+
+@pytest.mark.parametrize(("text", "check"), SEEN_INSTRUCTIONS)
+def test_seen_bad_instructions_are_caught(text: str, check: str) -> None:
+    found = instruction_problem(
+        text,
+        prompt_text=_synthesis_prompt_text(),
+        reference_text=f"{REF_INSTRUCTION}\n{REF_RESPONSE}",
+        feature=None,
+    )
+    assert found is not None, text
+    assert found.name == check
+    assert found.field == "instruction" and found.match_text
+
+
+def test_the_feature_label_is_not_an_instruction() -> None:
+    found = instruction_problem(
+        "persuasive writing",
+        prompt_text="Write new instructions",
+        reference_text=REF_INSTRUCTION,
+        feature="persuasive writing",
+    )
+    assert found is not None and found.name in ("feature-label", "not-a-request")
+    assert (
+        instruction_problem(
+            "Write a persuasive letter asking your town to plant more trees.",
+            prompt_text="exercise this aspect: persuasive writing",
+            reference_text=REF_INSTRUCTION,
+            feature="persuasive writing",
+        )
+        is None
+    )
+
+
+def test_copying_the_reference_itself_is_not_copying_the_prompt() -> None:
+    """Words the reference shares with the prompt are the reference's, not the prompt's."""
+    text = "Write a short poem about the sea for a child."
+    prompt_text = f"Example: {text}\nWrite a new request."
+    assert (
+        instruction_problem(text, prompt_text=prompt_text, reference_text=text, feature=None)
+        is None
+    )
+
+
+SEA_POEM = (
+    "The moon is round and bright,\nit sails across the night.\nIt smiles on every wave,\n"
+    "and on the sailors brave.\nThe stars all gather near,\nto keep the sky so clear.\n"
+)
+LOOPED = SEA_POEM + "The stars all gather near,\n" * 25
+
+
+def test_a_loop_to_the_cap_is_cut_back_before_the_loop() -> None:
+    """Issue 15: a poem coherent for six lines, then one line until the token cap."""
+    assert degenerate(LOOPED) is not None
+    start = loop_cut(LOOPED)
+    assert start is not None and start >= len(SEA_POEM) - len("The stars all gather near,\n") - 40
+    kept = cut_answer(LOOPED)
+    assert kept is not None
+    text, why = kept
+    assert why == "loop"
+    assert text.startswith("The moon is round and bright,")
+    assert "to keep the sky so clear." in text
+    assert degenerate(text) is None
+    assert text.count("The stars all gather near") == 1
+
+
+def test_an_answer_cut_at_the_cap_without_a_loop_keeps_its_complete_sentences() -> None:
+    text = "Soak the beans overnight. Drain them and cover with fresh water. Then simmer for"
+    kept = cut_answer(text)
+    assert kept == ("Soak the beans overnight. Drain them and cover with fresh water.", "cap")
+    assert cut_answer("Keep bread in a") is None  # nothing complete to keep
+
+
+@pytest.mark.parametrize(
+    ("answer", "check"),
+    [
+        ("I'm ready to help. What's your request?", "asks-back"),
+        ("Sure! What would you like me to write about?", "asks-back"),
+        ("Could you tell me more about what you need?", "asks-back"),
+        ("Write a short poem about the sea for a child.", "restates-request"),
+        ("The sea is deep. " * 40, "degenerate"),
+    ],
+)
+def test_bad_answers_are_caught(answer: str, check: str) -> None:
+    found = answer_problem(answer, REF_INSTRUCTION)
+    assert found is not None and found.name == check
+
+
+def test_a_question_asked_for_is_not_an_ask_back() -> None:
+    assert answer_problem("What is the capital of France?", "Write a quiz question.") is None
+
+
+async def test_screening_cuts_or_fails_by_the_rule() -> None:
+    cut = await screen_answer(
+        LOOPED, "length", REF_INSTRUCTION, checks=True, loop_rule="cut", relevance_min=None
+    )
+    assert cut.cut == "loop" and cut.problem is None and cut.error is None
+    failed = await screen_answer(
+        LOOPED, "length", REF_INSTRUCTION, checks=True, loop_rule="fail", relevance_min=None
+    )
+    assert failed.error is not None
+    looping = await screen_answer(
+        LOOPED, "stop", REF_INSTRUCTION, checks=True, loop_rule="cut", relevance_min=None
+    )
+    assert looping.problem is not None and looping.problem.name == "degenerate"
+
+
+def test_a_refinement_loses_the_line_announcing_it() -> None:
+    text = "Here's a revised version of the advice:\n\nStart early and plan each day."
+    assert without_revision_note(text) == "Start early and plan each day."
+    kept = "Sure! Here are some tips:\n1. Start early."
+    assert without_revision_note(kept) == kept
+
+
+def _real_pairs(shared: Path) -> list[tuple[str, str]]:
+    lima = json.loads((shared / "seeds" / "lima.json").read_text())
+    pairs = [(x["instruction"], x["output"]) for x in lima if not x.get("history")]
+    for line in (shared / "seeds" / "self_instruct_seed_tasks.jsonl").read_text().splitlines():
+        task = json.loads(line)
+        inst = task["instances"][0]
+        pairs.append((f"{task['instruction']} {inst['input']}".strip(), inst["output"]))
+    return pairs
+
+
+def test_people_s_own_data_is_rarely_flagged(shared_data: Path) -> None:
+    """LIMA and Self-Instruct, written by people: under 1 % of their requests and answers
+    fail a check (the checks must not throw away good data)."""
+    pairs = _real_pairs(shared_data)
+    bad_requests = [q for q, _ in pairs if not_a_request(q) or degenerate(q, "instruction")]
+    bad_answers = [a for q, a in pairs if answer_problem(a, q)]
+    assert len(pairs) > 1100
+    assert len(bad_requests) / len(pairs) < 0.01, bad_requests[:5]
+    assert len(bad_answers) / len(pairs) < 0.01, bad_answers[:5]
