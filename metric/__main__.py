@@ -18,17 +18,30 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from metric.data import TASKS, Caps, task_file
-from metric.llm_baseline import Endpoint, LLMConfig, resolve_endpoint
+from metric.llm_baseline import SKIP_HINT, Endpoint, LLMConfig, resolve_endpoint
 from metric.train import TrainConfig
 
-QUICK_CAPS = Caps(48, 64, 8)
-QUICK_SEEDS, QUICK_EPOCHS, QUICK_NEGATIVES, QUICK_JUNK = (0,), 1, 40, 10
-"""``--quick``: a small run for CI and a first look (minutes, not hours); flags given
-explicitly win."""
+
+@dataclass(frozen=True)
+class Sizes:
+    """What a run reads and trains: the full run's defaults, and ``--quick``'s (a CI-sized
+    run, nothing cached). A flag given explicitly wins over either."""
+
+    caps: Caps
+    seeds: tuple[int, ...]
+    epochs: int
+    negatives: int
+    junk: int
+    max_len: int | None
+    """Input tokens (None: the base's own)."""
+
+
+FULL = Sizes(Caps(None, None, None), (0, 1, 2), TrainConfig().epochs, 200, 30, None)
+QUICK = Sizes(Caps(24, 24, 4), (0,), 1, 8, 4, 128)
 
 
 def _cap(value: str) -> int | None:
@@ -47,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="Train and evaluate all settings from scratch.")
     run.add_argument("--out", type=Path, default=Path("runs/metric"))
-    run.add_argument("--quick", action="store_true", help="A small run (CI): caps, one seed.")
+    run.add_argument(
+        "--quick",
+        action="store_true",
+        help="A small run (CI): a few texts per criterion, one seed, 128 tokens, no cache.",
+    )
     run.add_argument(
         "--tasks", default=",".join(TASKS), help=f"Built-in tasks: {', '.join(TASKS)}."
     )
@@ -58,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Bases to train, comma-separated: {', '.join(BASES)} (the first is saved as "
         "OUT/model).",
     )
-    run.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="Training seeds.")
+    run.add_argument("--seeds", type=_ints, help="Training seeds (default 0,1,2).")
     run.add_argument("--split-seed", type=int, default=0, help="Seed of the source splits.")
     run.add_argument("--settings", default="single,multi,loto")
     run.add_argument(
@@ -70,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--test-fraction", type=float, default=0.3)
     t = TrainConfig()
-    run.add_argument("--epochs", type=int, default=t.epochs)
+    run.add_argument("--epochs", type=int, help=f"Training epochs (default {t.epochs}).")
     run.add_argument("--batch-size", type=int, default=t.batch_size)
     run.add_argument("--lr", type=float, default=t.lr)
     run.add_argument("--head-lr", type=float, default=t.head_lr)
@@ -81,10 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--negatives",
         type=int,
-        default=200,
-        help="Auto-J training requests made into negatives (0: none).",
+        help="Auto-J training requests made into negatives (default 200; 0: none).",
     )
-    run.add_argument("--junk", type=int, default=30, help="References in the junk set (0: none).")
+    run.add_argument("--junk", type=int, help="References in the junk set (default 30; 0: none).")
     run.add_argument(
         "--cache",
         type=Path,
@@ -100,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--llm-base-url",
         help="OpenAI-compatible server for the LLM-judge baseline; 'embedded' starts the "
-        "embedded one; 'none' skips it (default: Refed's configured endpoint, if any).",
+        "embedded one; 'none' skips it (default: Refed's configured endpoint, else the "
+        "embedded server when it is installed, except with --quick).",
     )
     run.add_argument("--llm-model", help="Its model (default: Refed's configured model).")
     lc = LLMConfig()
@@ -139,10 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 @contextlib.contextmanager
 def llm_endpoint(args: argparse.Namespace, out: Path) -> Iterator[Endpoint]:
     """The LLM baseline's endpoint for the run (the embedded server runs as long as it)."""
-    end = resolve_endpoint(args.llm_base_url, args.llm_model)
+    end = resolve_endpoint(args.llm_base_url, args.llm_model, embedded_fallback=not args.quick)
     if not end.embedded:
         yield end
         return
@@ -151,11 +173,18 @@ def llm_endpoint(args: argparse.Namespace, out: Path) -> Iterator[Endpoint]:
     try:
         server = EmbeddedServer(log_file=out / "vllm.log").start()
     except EmbeddedServerError as exc:
-        yield Endpoint(None, end.model, f"LLM-judge baseline: skipped, embedded server: {exc}")
+        yield Endpoint(
+            None,
+            end.model,
+            f"LLM-judge baseline: skipped (embedded server: {first_line(exc)}). "
+            f"To enable it: {SKIP_HINT}.",
+        )
         return
     try:
         yield Endpoint(
-            server.base_url, server.model, f"LLM-judge baseline: embedded {server.model}"
+            server.base_url,
+            server.model,
+            f"LLM-judge baseline: {server.model} on the embedded server ({server.base_url})",
         )
     finally:
         server.stop()
@@ -180,14 +209,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     # The LLM client's retries and warnings go to a file, never to the console.
     configure_logging(args.out / "llm.log", level="info", console_level="critical")
-    caps = Caps(args.train_cap, args.test_cap, args.max_members)
-    seeds, epochs, negatives, junk = args.seeds, args.epochs, args.negatives, args.junk
-    if args.quick:
-        caps = QUICK_CAPS if caps == Caps(None, None, None) else caps
-        seeds = QUICK_SEEDS if seeds == (0, 1, 2) else seeds
-        epochs = QUICK_EPOCHS if epochs == TrainConfig().epochs else epochs
-        negatives = QUICK_NEGATIVES if negatives == 200 else negatives
-        junk = QUICK_JUNK if junk == 30 else junk
+    d = QUICK if args.quick else FULL
+    given = Caps(args.train_cap, args.test_cap, args.max_members)
+    caps = d.caps if given == Caps(None, None, None) else given
+    seeds = d.seeds if args.seeds is None else args.seeds
+    epochs = d.epochs if args.epochs is None else args.epochs
+    negatives = d.negatives if args.negatives is None else args.negatives
+    junk = d.junk if args.junk is None else args.junk
+    max_len = args.max_len or d.max_len
     with llm_endpoint(args, args.out) as end:
         print(end.note, file=sys.stderr)
         cfg = RunConfig(
@@ -218,12 +247,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             settings=tuple(s.strip() for s in args.settings.split(",") if s.strip()),
             negatives=negatives,
             junk=junk,
-            max_len={b: args.max_len for b in bases} if args.max_len else {},
+            max_len={b: max_len for b in bases} if max_len else {},
             keep_lower=args.keep_lower_layer,
             threads=args.threads,
             extra_tasks=tuple(task_file(f) for f in args.task_file),
         )
-        if args.no_cache:
+        if args.no_cache or (args.quick and not args.cache):
             cfg = replace(cfg, cache_dir=None)
         elif args.cache:
             cfg = replace(cfg, cache_dir=args.cache)

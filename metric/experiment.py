@@ -61,7 +61,7 @@ from metric.instruct import TASK as INSTRUCTION_TASK
 from metric.instruct import junk_examples, negatives_examples
 from metric.junk import JunkItem, auc, junk_set
 from metric.llm_baseline import LLMConfig, LLMResult, make_llm_client, run_pairs, run_pointwise
-from metric.report import model_card, results_markdown
+from metric.report import headline, model_card, results_markdown
 from metric.text import sigmoid, to_scale
 from metric.train import LAYOUT_VERSION, TrainConfig, predict, save, train_head
 from metric.trunk import default_cache_dir, trunk
@@ -287,15 +287,17 @@ def run_base(
     def evaluate(setting: str, head: Any, tasks: Sequence[str], seed: int) -> None:
         for n in tasks:
             ids = [e.uid for e in prepared[n].test]
-            result.rows.extend(
-                _rows_for(
-                    setting,
-                    prepared[n],
-                    predict(head, feats, everything, ids),
-                    base=name,
-                    seed=seed,
-                )
+            rows = _rows_for(
+                setting, prepared[n], predict(head, feats, everything, ids), base=name, seed=seed
             )
+            result.rows.extend(rows)
+            by_set: dict[str, list[float]] = defaultdict(list)
+            for r in rows:
+                v = headline(r.as_dict())
+                if v is not None:
+                    by_set[r.set].append(v)
+            means = ", ".join(f"{k} {statistics.mean(v):.3f}" for k, v in by_set.items())
+            say(f"{name} seed {seed} {setting}: {means}")
 
     def junk(setting: str, head: Any, seed: int) -> None:
         if not junk_exs:

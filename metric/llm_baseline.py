@@ -8,8 +8,9 @@ log-probability expectations as ``judge eval`` does).
 
 Which server (``resolve_endpoint``): the one named on the command line; else the judge's or
 the generator's endpoint from Refed's settings (``REFED_JUDGE_BASE_URL``, ``REFED_BASE_URL``,
-``OPENAI_BASE_URL`` or the ``--config`` file); ``embedded`` starts the embedded vLLM CPU
-server for the run. With none, or one that does not answer ``/v1/models``, the baseline is
+``OPENAI_BASE_URL`` or the ``--config`` file); else, as Refed itself does, the embedded vLLM
+CPU server, started for the run when vLLM is installed and its weights are prepared (not in a
+``--quick`` run). With none, or one that does not answer ``/v1/models``, the baseline is
 skipped with one line saying how to enable it.
 """
 
@@ -48,9 +49,23 @@ class Endpoint:
     embedded: bool = False
 
 
-def resolve_endpoint(flag: str | None, model: str | None = None) -> Endpoint:
+def embedded_problem() -> str | None:
+    """None when the embedded server can be started here; else why not, in a few words."""
+    from embedded import is_prepared, model_dir, vllm_available
+
+    if not vllm_available():
+        return "vLLM is not installed"
+    if not is_prepared(model_dir()):
+        return f"the embedded model is not prepared in {model_dir()} (python -m embedded)"
+    return None
+
+
+def resolve_endpoint(
+    flag: str | None, model: str | None = None, *, embedded_fallback: bool = True
+) -> Endpoint:
     """The LLM judge's endpoint for the baseline: the flag (a URL, ``embedded`` or ``none``),
-    else Refed's settings; checked with ``GET /v1/models``."""
+    else Refed's settings (checked with ``GET /v1/models``), else the embedded server when
+    ``embedded_fallback`` and it can run here."""
     if flag is not None and flag.strip().lower() in ("", "none", "off"):
         return Endpoint(None, model or "", "LLM-judge baseline: off (--llm-base-url none)")
     if flag is not None and flag.strip().lower() == "embedded":
@@ -69,13 +84,22 @@ def resolve_endpoint(flag: str | None, model: str | None = None) -> Endpoint:
             url = settings.judge_base_url or next(iter(settings.base_urls), None)
             model = model or settings.judge_model or settings.model
     if not url:
+        from embedded import DEFAULT_MODEL_NAME
+
+        why = "not started by --quick" if not embedded_fallback else embedded_problem()
+        if why is None:
+            return Endpoint(None, model or DEFAULT_MODEL_NAME, "embedded", embedded=True)
         return Endpoint(
-            None, model or "", f"LLM-judge baseline: skipped, no endpoint ({SKIP_HINT})"
+            None,
+            model or "",
+            f"LLM-judge baseline: skipped (no endpoint configured; embedded server: {why}). "
+            f"To enable it: {SKIP_HINT}.",
         )
     model = model or "smollm2"
     problem = preflight(url)
     if problem:
-        return Endpoint(None, model, f"LLM-judge baseline: skipped, {url} {problem} ({SKIP_HINT})")
+        note = f"LLM-judge baseline: skipped ({url} {problem}). To enable it: {SKIP_HINT}."
+        return Endpoint(None, model, note)
     return Endpoint(url, model, f"LLM-judge baseline: {model} at {url}")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from metric.llm_baseline import SKIP_HINT, resolve_endpoint
+from metric.llm_baseline import SKIP_HINT, embedded_problem, resolve_endpoint
 from tests.conftest import REPO, FakeServerProc, free_port
 from tests.metric_helpers import need_base, need_judge_data
 
@@ -24,13 +24,28 @@ def no_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def test_no_endpoint_skips_with_a_hint(no_endpoint: None) -> None:
+def test_no_endpoint_and_no_embedded_model_skips_with_a_hint(
+    no_endpoint: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("REFED_CACHE_DIR", str(tmp_path))  # no prepared embedded weights here
     end = resolve_endpoint(None)
     assert end.url is None and not end.embedded
-    assert "skipped, no endpoint" in end.note and SKIP_HINT in end.note
-    assert "8391" not in end.note
+    assert "no endpoint configured" in end.note and "not prepared" in end.note
+    assert SKIP_HINT in end.note and "8391" not in end.note and "\n" not in end.note
     off = resolve_endpoint("none")
     assert off.url is None and "off" in off.note
+
+
+def test_no_endpoint_falls_back_to_the_embedded_server(no_endpoint: None) -> None:
+    """With nothing configured the embedded server is used where it can run (as Refed does),
+    never in a --quick run."""
+    problem = embedded_problem()
+    end = resolve_endpoint(None)
+    assert end.embedded == (problem is None)
+    if problem is not None:
+        assert problem in end.note
+    quick = resolve_endpoint(None, embedded_fallback=False)
+    assert not quick.embedded and "--quick" in quick.note and SKIP_HINT in quick.note
 
 
 def test_dead_endpoint_skips_at_once(no_endpoint: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,16 +83,10 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
         "--quick",
         "--tasks",
         "data2text,preference",
-        "--negatives",
-        "8",
-        "--junk",
-        "4",
         "--threads",
         "1",
         "--out",
         str(out),
-        "--cache",
-        str(tmp_path / "cache"),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3000, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -95,4 +104,5 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert "### Base: minilm" in md and "| sfhot |" in md and "Junk set" in md
     meta = json.loads((out / "model" / "refed_metric.json").read_text())
     assert meta["kind"] == "encoder" and meta["base"] == "minilm" and meta["negatives"] == 8
+    assert meta["max_len"] == 128 and not (tmp_path / "cache").exists()
     assert (out / "model" / "README.md").read_text().startswith("---")
