@@ -35,6 +35,7 @@ import torch
 
 from dataset.embeddings import mean_pooled_embedder
 from metric.bases import DEFAULT_BASE, Base, open_base
+from metric.calibrate import calibrate
 from metric.data import (
     TASKS,
     Caps,
@@ -57,8 +58,8 @@ from metric.evaluate import (
     rouge_scores,
 )
 from metric.features import Features, Inputs
+from metric.instruct import BAD, GOOD, junk_examples, negatives_examples
 from metric.instruct import TASK as INSTRUCTION_TASK
-from metric.instruct import junk_examples, negatives_examples
 from metric.junk import JunkItem, auc, junk_set
 from metric.llm_baseline import LLMConfig, LLMResult, make_llm_client, run_pairs, run_pointwise
 from metric.report import headline, model_card, results_markdown
@@ -234,7 +235,8 @@ def _llm_thread(
     return thread
 
 
-def _merge(parts: Sequence[Inputs]) -> Inputs:
+def merge_inputs(parts: Sequence[Inputs]) -> Inputs:
+    """Several tasks' inputs as one."""
     chains: dict[str, tuple[str, ...]] = {}
     nodes = {}
     for p in parts:
@@ -279,7 +281,7 @@ def run_base(
     depths = [base.frozen] + ([base.frozen - 1] if cfg.keep_lower and base.frozen > 1 else [])
     feats: Features = trunk(base, inputs, depths, cache_dir=cfg.cache_dir, log=say)[base.frozen]
     result.timings["frozen_layers"] = time.monotonic() - t
-    everything = _merge(list(inputs.values()))
+    everything = merge_inputs(list(inputs.values()))
     neg_pairs = rating_pairs(negatives, cfg.train.min_gap) if negatives else []
     names = list(prepared)
     served: Any = None
@@ -323,6 +325,26 @@ def run_base(
         result.train[f"{name}:{seed}:{label}"] = asdict(stats)
         return head
 
+    def calibrated(head: Any, seed: int) -> None:
+        """Fold the affine map that puts the negatives' scores on their ratings into ``head``."""
+        uids = [e.uid for e in negatives]
+        before = predict(head, feats, everything, uids)
+        affine = calibrate(
+            head, [before[u] for u in uids], [float(e.norm or 0.0) for e in negatives]
+        )
+        after = predict(head, feats, everything, uids)
+        mean = {
+            label: statistics.mean(
+                to_scale(sigmoid(after[e.uid]), e.scale) for e in negatives if e.rating == rating
+            )
+            for label, rating in (("good", GOOD), ("bad", BAD))
+        }
+        result.train[f"{name}:{seed}:multi+neg"]["calibration"] = {"a": affine.a, "c": affine.c}
+        say(
+            f"{name} seed {seed} multi+neg: calibrated (logit x {affine.a:.2f} + {affine.c:.2f}); "
+            f"training negatives now average {mean['good']:.2f} (good) and {mean['bad']:.2f} (bad)"
+        )
+
     for seed in cfg.seeds:
         t = time.monotonic()
 
@@ -339,6 +361,7 @@ def run_base(
             served = served if served is not None else head
             if negatives:
                 head = fit(seed, "multi+neg", names, negatives, neg_pairs)
+                calibrated(head, seed)
                 evaluate("multi+neg", head, names, seed)
                 junk("multi+neg", head, seed)
                 if seed == cfg.seeds[0]:
