@@ -562,6 +562,7 @@ def save_model(
         kind=base.kind,
         max_len=base.max_len,
         train=asdict(tc),
+        calibrated=negatives > 0,
     )
     return save(base, br.served, folder, cfg=tc, meta=meta, card=card)
 

@@ -189,6 +189,7 @@ def model_card(
     kind: str,
     max_len: int,
     train: dict[str, Any],
+    calibrated: bool = False,
 ) -> str:
     route = "`/classify` (the whole prompt)" if kind == "decoder" else "`/score` (text_1, text_2)"
     layout = (
@@ -197,6 +198,12 @@ def model_card(
         if kind == "decoder"
         else "a sentence pair: `text_1` = the instruction (task and criterion in plain words) then "
         "the context fields, `text_2` = the judged text"
+    )
+    calibration = (
+        "\n- Calibration: an increasing affine map of the logit, fitted on the made-up answers'"
+        "\n  ratings (preferred 4, bad 1 of 5), folded into the last layer; rankings unchanged."
+        if calibrated
+        else ""
     )
     mine = {
         "rows": [r for r in results["rows"] if r.get("base") in (base, "")],
@@ -226,7 +233,7 @@ made-up bad answers to Auto-J's training requests under Refed's `instruction` cr
   lr {train["lr"]} / new layer {train["head_lr"]}, float32 on CPU). Loss: pairwise logistic on
   good-vs-bad pairs (same source and criterion, averaged ratings at least {train["min_gap"]}
   of the scale apart; Auto-J: the human preference) + {train["regression_weight"]} x binary
-  cross-entropy to the rating mapped to [0, 1].
+  cross-entropy to the rating mapped to [0, 1].{calibration}
 - Data: human judgements (SummEval, Topical-Chat, SF restaurant and hotel, Auto-J pairs)
   read from their files, split by source; not included here.
 
