@@ -66,26 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     stores_s = time.monotonic() - started
     junk_ids = [e.uid for e in junk_exs]
 
-    rows: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        scored = junk_scores(
-            items, junk_exs, predict(base.head(seed), feats[base.frozen], everything, junk_ids)
-        )
-        rows.append({"requests": 0, "epochs": 0, "seed": seed, "seconds": 0.0, **scored})
-        for n in args.requests:
-            kept = set(order[:n])
-            exs = [e for e in negatives if e.group in kept]
-            cfg = replace(TrainConfig(), epochs=1, seed=seed)
-            for epochs in args.epochs:
-                head = base.head(seed)
-                cfg = replace(cfg, epochs=epochs)
-                pairs = rating_pairs(exs, cfg.min_gap)
-                stats = train_head(head, feats[base.frozen], everything, exs, pairs, cfg)
-                logits = predict(head, feats[base.frozen], everything, junk_ids)
-                row = {"requests": n, "epochs": epochs, "seed": seed, "seconds": stats.seconds}
-                rows.append({**row, **junk_scores(items, junk_exs, logits)})
-                print(f"{n} requests, {epochs} epochs, seed {seed}: AUC {rows[-1]['auc']:.3f}")
-
     import importlib.metadata
 
     info = {
@@ -100,8 +80,33 @@ def main(argv: list[str] | None = None) -> int:
         "frozen_layers_seconds": stores_s,
         "threads": torch.get_num_threads(),
     }
+    rows: list[dict[str, Any]] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({**info, "rows": rows}, indent=2) + "\n")
+
+    def keep(row: dict[str, Any]) -> None:
+        """Each row is written as soon as it is measured (a stopped run keeps what it did)."""
+        rows.append(row)
+        args.out.write_text(json.dumps({**info, "rows": rows}, indent=2) + "\n")
+
+    for seed in args.seeds:
+        scored = junk_scores(
+            items, junk_exs, predict(base.head(seed), feats[base.frozen], everything, junk_ids)
+        )
+        keep({"requests": 0, "epochs": 0, "seed": seed, "seconds": 0.0, **scored})
+        for n in args.requests:
+            kept = set(order[:n])
+            exs = [e for e in negatives if e.group in kept]
+            cfg = replace(TrainConfig(), epochs=1, seed=seed)
+            for epochs in args.epochs:
+                head = base.head(seed)
+                cfg = replace(cfg, epochs=epochs)
+                pairs = rating_pairs(exs, cfg.min_gap)
+                stats = train_head(head, feats[base.frozen], everything, exs, pairs, cfg)
+                logits = predict(head, feats[base.frozen], everything, junk_ids)
+                row = {"requests": n, "epochs": epochs, "seed": seed, "seconds": stats.seconds}
+                keep({**row, **junk_scores(items, junk_exs, logits)})
+                print(f"{n} requests, {epochs} epochs, seed {seed}: AUC {rows[-1]['auc']:.3f}")
+
     kinds = sorted(rows[0]["auc_by_kind"])
     shown = sorted(rows[0]["mean_by_kind"])
     head_row = ["requests", "epochs", "seed", "AUC"]
