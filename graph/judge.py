@@ -48,11 +48,11 @@ from graph.judge_sets import (
     sample_items,
     sample_pairs,
 )
-from graph.logs import add_secret, redact
+from llm.client import LLMClient, LLMError, openai_transport
+from llm.stops import RunStop
 from nodes.judging import JudgeOptions, compare, score_record
-from nodes.llm import LLMClient, LLMError, openai_transport
-from nodes.stops import RunStop
 from state.criteria import CriteriaError, CriteriaSet
+from state.logs import add_secret, redact
 from state.settings import RefedSettings, add_settings_flags, settings_from_args
 
 JUDGE_FLAGS = (

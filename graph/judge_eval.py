@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from graph.judge_sets import HumanItem, HumanPair
+from llm.client import LLMClient, LLMError
 from nodes.judging import JudgeOptions, compare, score_record
-from nodes.llm import LLMClient, LLMError
 from state.criteria import CriteriaSet
 from state.judgements import (
     Agreement,

@@ -24,7 +24,7 @@ run folder's ``samples.jsonl``, ``rejected.jsonl``, ``feedback.jsonl`` and
 ``references.jsonl`` (replaced atomically), so the run folder looks like an embedded run's;
 ``python -m graph.pgstore --store … --out …`` exports at any time.
 
-Near-duplicate control (graph/quality) loads the run's samples from the database at start
+Near-duplicate control (dataset/quality) loads the run's samples from the database at start
 and adds the other workers' accepted samples as each reference of its own finishes; two
 near-duplicates made in the same moment by two workers can both be kept.
 """
@@ -62,13 +62,13 @@ except ImportError as exc:  # pragma: no cover - the message names the extra to 
     ) from exc
 
 import prompts
+from dataset.ledger import LedgerError
+from dataset.quality import QualityGate
+from dataset.quality.gate import QUALITY_FILE
+from dataset.runfolder import Manifest, RunConfigMismatch, RunFolder, new_manifest
 from graph.builder import compile_graph
 from graph.checkpoint import serializer
-from graph.ledger import LedgerError
-from graph.logs import add_secret, redact
 from graph.progress import Progress
-from graph.quality import QualityGate
-from graph.quality.gate import QUALITY_FILE
 from graph.run import (
     Runner,
     RunResult,
@@ -79,10 +79,10 @@ from graph.run import (
     stopped_line,
     wire_clients,
 )
-from graph.runfolder import Manifest, RunConfigMismatch, RunFolder, new_manifest
-from nodes.balancer import endpoint_stats
-from nodes.llm import LLMClient
-from nodes.stops import RunStop
+from llm.balancer import endpoint_stats
+from llm.client import LLMClient
+from llm.stops import RunStop
+from state.logs import add_secret, redact
 from state.records import Reference, ReferenceDone, ReferenceFeedback, RunStats, Sample, Usage
 from state.settings import RefedSettings, redact_dsn
 

@@ -41,12 +41,12 @@ from typing import Any, BinaryIO
 import pydantic_core
 import structlog
 
-from graph.ledger import LedgerError
+from dataset.ledger import LedgerError
+from dataset.runfolder import Manifest, RunFolder, default_processes
 from graph.run import Runner, RunResult, default_workers, drive
-from graph.runfolder import Manifest, RunFolder, default_processes
-from nodes.circuit import CircuitOpen
-from nodes.llm import Meter
-from nodes.stops import ServerRefused
+from llm.circuit import CircuitOpen
+from llm.client import Meter
+from llm.stops import ServerRefused
 from state.context import RefedContext
 from state.records import Reference
 from state.settings import RefedSettings
@@ -161,7 +161,7 @@ def discard(children: list[Forked]) -> None:
 
 def planned_processes(settings: RefedSettings) -> int:
     """The graph processes this run will have: the flag, else the run folder's, else the
-    default for its in-flight budget (graph.runfolder.default_processes)."""
+    default for its in-flight budget (dataset.runfolder.default_processes)."""
     if settings.processes:
         return settings.processes
     path = settings.out / "run.json"
@@ -464,7 +464,6 @@ def _meter(client: Any, judge: Any) -> dict[str, Any]:
 async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
     from graph.builder import compile_graph
     from graph.checkpoint import sqlite_saver
-    from graph.logs import add_secret, configure_logging
     from graph.run import (
         _client_from_settings,
         _storage_error,
@@ -472,7 +471,8 @@ async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
         run_thread,
         wire_clients,
     )
-    from nodes.balancer import endpoint_stats
+    from llm.balancer import endpoint_stats
+    from state.logs import add_secret, configure_logging
 
     api_key = config["api_key"]
     settings = RefedSettings.model_validate({**config["settings"], "api_key": api_key})

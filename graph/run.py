@@ -28,23 +28,23 @@ from langgraph.graph.state import CompiledStateGraph
 
 import prompts
 from dataset.embeddings import BaseModelMissing, base_folder
+from dataset.ledger import LedgerError
+from dataset.quality import QualityGate
+from dataset.quality.benchmarks import BenchmarkError, load_benchmarks
+from dataset.runfolder import Manifest, RunConfigMismatch, RunFolder
+from dataset.seeds import SeedError, read_seeds
 from graph.builder import compile_graph
 from graph.checkpoint import sqlite_saver
-from graph.endpoint import llm_endpoint
-from graph.ledger import LedgerError
-from graph.logs import add_secret, configure_logging, redact
 from graph.progress import Progress
-from graph.quality import QualityGate
-from graph.quality.benchmarks import BenchmarkError, load_benchmarks
-from graph.runfolder import Manifest, RunConfigMismatch, RunFolder
-from graph.seeds import SeedError, read_seeds
-from nodes.balancer import endpoint_client, endpoint_stats
-from nodes.circuit import CircuitBreaker, CircuitOpen
-from nodes.llm import LLMClient, Meter, register_client, unregister_client
-from nodes.preflight import preflight, targets
-from nodes.stops import PreflightFailed, RunStop
+from llm.balancer import endpoint_client, endpoint_stats
+from llm.circuit import CircuitBreaker, CircuitOpen
+from llm.client import LLMClient, Meter, register_client, unregister_client
+from llm.endpoint import llm_endpoint
+from llm.preflight import preflight, targets
+from llm.stops import PreflightFailed, RunStop
 from state.context import RefedContext
 from state.graph_state import ReferenceState
+from state.logs import add_secret, configure_logging, redact
 from state.profile import ProfileError
 from state.records import (
     Candidate,
@@ -159,7 +159,7 @@ class Runner:
         self.failed: list[str] = []
         self.progress: Progress | None = None
         self.gate: QualityGate | None = None
-        """Near-duplicate and decontamination filters, built by ``run`` (graph/quality)."""
+        """Near-duplicate and decontamination filters, built by ``run`` (dataset/quality)."""
         self._manifest_at = 0.0
 
     def _provenance(self, ref: Reference) -> Provenance:
@@ -334,7 +334,7 @@ _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, 
 
 
 def _client_from_settings(settings: RefedSettings, base_url: str, model: str) -> LLMClient:
-    """``base_url``: one endpoint, or several separated by commas (balanced, see nodes.balancer)."""
+    """``base_url``: one endpoint, or several separated by commas (balanced, see llm.balancer)."""
     return endpoint_client(
         base_url,
         model,
@@ -453,8 +453,8 @@ async def run_batch(
 
 
 async def check_endpoints(settings: RefedSettings, base_url: str) -> None:
-    """The pre-flight check of every endpoint the run will call (``nodes.preflight``):
-    raises :class:`~nodes.stops.PreflightFailed` before the run folder is touched."""
+    """The pre-flight check of every endpoint the run will call (``llm.preflight``):
+    raises :class:`~llm.stops.PreflightFailed` before the run folder is touched."""
     await preflight(
         targets(base_url, settings.model, settings.judge_base_url, settings.judge_model),
         settings.api_key.get_secret_value(),

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from graph.judge_eval import compare_pairs, score_items
 from graph.judge_sets import HumanItem, HumanPair, HumanSet, load_items, load_pairs
+from llm.client import LLMClient
 from metric.data import Example, Pair, unit
 from nodes.judging import JudgeOptions
-from nodes.llm import LLMClient
 from state.criteria import CriteriaSet
 from state.judgements import Vote
 

@@ -15,8 +15,8 @@ value; otherwise it is the score the model wrote. ``CriterionScore.method`` says
 Pairwise: which of two texts is better, asked in both orders to cancel position
 bias, with ties (``compare``).
 
-Everything goes through :class:`nodes.llm.LLMClient`; failures raise
-:class:`nodes.llm.LLMError` carrying the usage spent.
+Everything goes through :class:`llm.client.LLMClient`; failures raise
+:class:`llm.client.LLMError` carrying the usage spent.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import prompts
-from nodes.llm import LLMClient, LLMError, derive_seed
+from llm.client import LLMClient, LLMError, derive_seed
 from state.context import RefedContext
 from state.criteria import CriteriaSet, Criterion
 from state.judgements import (

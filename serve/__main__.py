@@ -11,10 +11,10 @@ import uvicorn
 
 import prompts
 from dataset.embeddings import BaseModelMissing
-from graph.endpoint import llm_endpoint
-from graph.logs import add_secret, configure_logging
 from graph.run import check_relevance_model
+from llm.endpoint import llm_endpoint
 from serve.app import create_app
+from state.logs import add_secret, configure_logging
 from state.profile import ProfileError
 from state.settings import RefedSettings, add_settings_flags, settings_from_args
 

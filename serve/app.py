@@ -5,7 +5,7 @@ POST /v1/synthesize/stream   the same as server-sent events (progress, sample, d
 GET  /v1/feedback/{id}       the cached reference-level feedback
 GET  /healthz /readyz /metrics
 
-At start-up the LLM endpoints get the batch run's pre-flight check (``nodes.preflight``:
+At start-up the LLM endpoints get the batch run's pre-flight check (``llm.preflight``:
 reachable, the key accepted, the model served); the service starts either way and
 ``/readyz`` runs the check again, answering 503 with what is wrong until it passes.
 """
@@ -28,19 +28,19 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dataset.quality import QualityGate
 from graph.builder import compile_graph
 from graph.checkpoint import sqlite_saver
-from graph.logs import redact
-from graph.quality import QualityGate
-from nodes.balancer import endpoint_client
-from nodes.llm import LLMClient, register_client, unregister_client
-from nodes.preflight import EndpointCheck, check_all, targets
-from nodes.stops import RunStop
+from llm.balancer import endpoint_client
+from llm.client import LLMClient, register_client, unregister_client
+from llm.preflight import EndpointCheck, check_all, targets
+from llm.stops import RunStop
 from serve.feedback_cache import feedback_cache
 from serve.metrics import ServiceMetrics
 from serve.synthesis import Event, synthesize
 from state.api import ErrorBody, FeedbackView, Health, SynthesizeRequest, SynthesizeResponse
 from state.context import RefedContext
+from state.logs import redact
 from state.settings import RefedSettings
 
 log = structlog.get_logger("refed.serve")

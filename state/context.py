@@ -3,7 +3,7 @@
 Plain values only, so LangGraph Studio can show and edit it. Defaults come from
 :class:`state.settings.RefedSettings` (environment, config file), so Studio, the
 batch runner and the service agree. The LLM client itself is not in the context:
-nodes get it from ``nodes.llm.client_for(context)``, which builds one per endpoint
+nodes get it from ``llm.client.client_for(context)``, which builds one per endpoint
 or returns one registered under ``client_key`` (the runner, the service and tests).
 """
 

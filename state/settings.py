@@ -348,7 +348,7 @@ class RefedSettings(BaseSettings):
         "after it.",
     )
 
-    # --- quality gates (graph/quality) ----------------------------------------------------
+    # --- quality gates (dataset/quality) ----------------------------------------------------
     near_dup: Literal["rouge-l", "minhash", "off"] = Field(
         default="rouge-l",
         description="Near-duplicate control of new instructions against kept ones and the "

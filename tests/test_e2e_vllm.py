@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from dataset.embeddings import similarity
+from dataset.ledger import Ledger
+from dataset.runfolder import Manifest
+from dataset.seeds import read_seeds
 from dataset.validity import answer_problem, degenerate, not_a_request
-from graph.ledger import Ledger
-from graph.runfolder import Manifest
-from graph.seeds import read_seeds
 from state.records import ReferenceDone, ReferenceFeedback, Sample
 
 from .conftest import REPO

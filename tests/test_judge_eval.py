@@ -50,8 +50,8 @@ from graph.judge_sets import (
     sample_groups,
     sample_items,
 )
+from llm.client import LLMClient, derive_seed
 from nodes.judging import JudgeOptions
-from nodes.llm import LLMClient, derive_seed
 from state.judgements import CriterionScore, PairwiseVerdict, PointwiseResult
 from tests.scripted import Script, ScriptedChatModel
 

@@ -19,8 +19,8 @@ import pytest
 from langgraph.runtime import Runtime
 
 import prompts
+from llm.client import LLMClient, openai_chat_model, register_client, unregister_client
 from nodes.judging import JudgeOptions, expected_score, score_record
-from nodes.llm import LLMClient, openai_chat_model, register_client, unregister_client
 from nodes.metric_judge import metric_judge
 from state.context import RefedContext
 from state.graph_state import CandidateState

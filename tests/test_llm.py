@@ -17,9 +17,9 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import BaseModel
 
-import nodes.llm as llm_mod
+import llm.client as llm_mod
 import state.llm_outputs as llm_outputs
-from nodes.llm import (
+from llm.client import (
     LLMClient,
     LLMError,
     client_for,
@@ -72,9 +72,9 @@ def failing_then(errors: list[BaseException], answer: Any) -> Any:
 
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record the delays nodes.llm sleeps for, without sleeping.
+    """Record the delays llm.client sleeps for, without sleeping.
 
-    nodes.llm calls ``asyncio.sleep`` through the module, so this patches it for the test.
+    llm.client calls ``asyncio.sleep`` through the module, so this patches it for the test.
     """
     delays: list[float] = []
 

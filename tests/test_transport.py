@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from nodes.balancer import endpoint_client
-from nodes.llm import (
+from llm.balancer import endpoint_client
+from llm.client import (
     HTTPTransport,
     LLMClient,
     LLMError,
@@ -25,7 +25,7 @@ from nodes.llm import (
     openai_chat_model,
     openai_transport,
 )
-from nodes.stops import ServerRefused
+from llm.stops import ServerRefused
 from state.llm_outputs import JudgeOut
 
 MESSAGES = [{"role": "system", "content": "You review."}, {"role": "user", "content": "Hi"}]

@@ -7,7 +7,7 @@ the last enum value), varied by the request so instructions differ; otherwise a 
 text. It reports its own CPU time at ``/stats`` so a benchmark can show it is
 not the bottleneck.
 
-    python -m bench.fake_server --port 8100 --latency 0.2
+    python -m testing.fake_server --port 8100 --latency 0.2
 
 For reliability tests it injects faults: ``--fault-rate 0.2`` answers that share of
 chat requests with a fault drawn from ``--faults`` (comma-separated kinds, all of

@@ -1,4 +1,4 @@
-"""``python -m graph.export RUN_DIR``: a run's accepted samples as a Hugging Face dataset.
+"""``python -m dataset.export RUN_DIR``: a run's accepted samples as a Hugging Face dataset.
 
 Writes, under ``RUN_DIR/export`` (or ``--out``):
 
@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from graph.dataset_stats import RunData, RunFolderError, load_run, outcomes, score_stats
+from dataset.stats import RunData, RunFolderError, load_run, outcomes, score_stats
 from state.records import Sample
 
 __all__ = ["FORMS", "export_run", "instruction_response_table", "main", "messages_table"]
@@ -377,7 +377,7 @@ def push_to_hub(folder: Path, repo_id: str, *, private: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m graph.export",
+        prog="python -m dataset.export",
         description="Export a run's accepted samples as Parquet and a datasets folder, "
         "with a dataset card.",
     )

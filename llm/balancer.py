@@ -1,12 +1,12 @@
-"""Several OpenAI-compatible endpoints behind one :class:`~nodes.llm.Transport`.
+"""Several OpenAI-compatible endpoints behind one :class:`~llm.client.Transport`.
 
-:class:`Balancer` holds one :class:`~nodes.llm.HTTPTransport` per endpoint and, per call:
+:class:`Balancer` holds one :class:`~llm.client.HTTPTransport` per endpoint and, per call:
 
 - **picks** the endpoint with the fewest requests outstanding among those that are
   healthy and under their limit (a call waits when every limit is reached);
 - **fails over**: a call that gets no answer from one endpoint (connection refused or
   dropped, timeout, 429, 5xx) is sent at once to an endpoint it has not tried yet; only
-  when it has tried them all does the error go back to :class:`~nodes.llm.LLMClient`,
+  when it has tried them all does the error go back to :class:`~llm.client.LLMClient`,
   which backs off and retries as before;
 - **ejects** an endpoint that refuses or drops a connection, and sends it nothing
   until a probe (``GET {base_url}/models``) answers; the wait before the next probe
@@ -21,7 +21,7 @@
   answer (same status, same message) from two endpoints, or twice from one that
   answered other requests in between, is not sent again: the request is at fault, and
   its candidate fails with that answer. A 401, 403 or 404 raises
-  :class:`~nodes.stops.ServerRefused` (the models the endpoint serves listed for a
+  :class:`~llm.stops.ServerRefused` (the models the endpoint serves listed for a
   404): the run stops;
 - **adapts its limit** (AIMD): each endpoint starts at a few requests and, while the
   endpoint is kept full and its latency stays within ``tolerance`` times its low-load
@@ -51,7 +51,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from nodes.llm import (
+from llm.client import (
     Completion,
     HTTPTransport,
     LLMClient,
@@ -59,8 +59,8 @@ from nodes.llm import (
     TransportError,
     server_unavailable,
 )
-from nodes.preflight import served_models
-from nodes.stops import REFUSING_STATUSES, ServerRefused
+from llm.preflight import served_models
+from llm.stops import REFUSING_STATUSES, ServerRefused
 from state.settings import endpoint_urls
 
 log = structlog.get_logger("refed.balancer")
@@ -319,7 +319,7 @@ class _Waiters:
 
 
 class Balancer:
-    """A :class:`~nodes.llm.Transport` over several endpoints (see the module docstring)."""
+    """A :class:`~llm.client.Transport` over several endpoints (see the module docstring)."""
 
     def __init__(
         self,
@@ -654,7 +654,7 @@ def endpoint_client(
     max_retries: int = 4,
     name: str = "default",
 ) -> LLMClient:
-    """An :class:`~nodes.llm.LLMClient` over one or more endpoints through a :class:`Balancer`.
+    """An :class:`~llm.client.LLMClient` over one or more endpoints through a :class:`Balancer`.
 
     ``base_urls``: a list, or one string with URLs separated by commas. The client's own
     limiter is the sum of the endpoints' caps, so it never holds back what the

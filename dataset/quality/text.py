@@ -35,7 +35,7 @@ def normalise(text: str) -> str:
 
 
 # Frequent English words and the verbs instructions open with. Prefix filtering
-# (graph/quality/rouge.py) indexes the rarest tokens of each text first; these go
+# (dataset/quality/rouge.py) indexes the rarest tokens of each text first; these go
 # last. The order is a fixed choice (any fixed order is correct; this one is fast),
 # from most to least frequent.
 _COMMON = """

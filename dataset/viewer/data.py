@@ -7,8 +7,8 @@ meta::
 
     run        run.json as written (every field, also ones this module does not know)
     counts     candidates, accepted, rejected, failed (ledgers); references (finished)
-    outcomes   [[category, count], ...], most common first (graph.dataset_stats.outcome)
-    quality    quality.json or null;  report: graph.report's numbers
+    outcomes   [[category, count], ...], most common first (dataset.stats.outcome)
+    quality    quality.json or null;  report: dataset.report's numbers
     n, chunk, ref_chunk, criteria, statuses, outcome_names, feature_names, filter_names
     cols       id, ref, status, outcome, feature, filter, mean, scores{criterion}, revisions,
                calls, tokens: one entry per sample (names by index into the *_names lists)
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graph.dataset_stats import RunData, RunFolderError, outcome
+from dataset.stats import RunData, RunFolderError, outcome
 
 __all__ = ["CHUNK", "REF_CHUNK", "Packed", "ViewerData", "pack", "read_jsonl", "viewer_data"]
 
@@ -170,7 +170,7 @@ def _row(record: dict[str, Any]) -> list[Any]:
 
 
 def viewer_data(run: RunData, report: dict[str, Any] | None = None) -> ViewerData:
-    """Everything the page shows of ``run`` (``report``: graph.report's numbers)."""
+    """Everything the page shows of ``run`` (``report``: dataset.report's numbers)."""
     everything = [*run.accepted, *run.rejected]
     ref_ids = _Names()
     for sample in everything:

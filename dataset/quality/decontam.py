@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graph.quality.benchmarks import Benchmark
-from graph.quality.rouge import RougeIndex
-from graph.quality.text import Vocab, tokens
+from dataset.quality.benchmarks import Benchmark
+from dataset.quality.rouge import RougeIndex
+from dataset.quality.text import Vocab, tokens
 
 __all__ = ["Decontaminator", "Hit"]
 

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, Field
 
-from graph.ledger import Ledger, LedgerError
+from dataset.ledger import Ledger, LedgerError
 from state.records import (
     ReferenceDone,
     ReferenceFeedback,

@@ -6,6 +6,6 @@
   lets it load nothing from anywhere.
 """
 
-from graph.viewer.page import render_page, write_viewer
+from dataset.viewer.page import render_page, write_viewer
 
 __all__ = ["render_page", "write_viewer"]

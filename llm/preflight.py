@@ -11,7 +11,7 @@ when it has its own endpoint or model), all at once:
 
 A server that accepts the connection but is slow to answer is waited for (up to the
 request timeout): it is alive. ``graph.run`` stops before its first reference when a
-check fails (:class:`~nodes.stops.PreflightFailed`, exit status 2); the service runs
+check fails (:class:`~llm.stops.PreflightFailed`, exit status 2); the service runs
 the same check at start-up and on ``/readyz``.
 """
 
@@ -26,7 +26,7 @@ from typing import Any, Literal
 import aiohttp
 import structlog
 
-from nodes.stops import KEY_ADVICE, PreflightFailed, served_list
+from llm.stops import KEY_ADVICE, PreflightFailed, served_list
 
 log = structlog.get_logger("refed.preflight")
 

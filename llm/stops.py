@@ -1,6 +1,6 @@
 """Failures no candidate is to blame for: they stop the whole run.
 
-A node records an :class:`~nodes.llm.LLMError` on its candidate and the others go on.
+A node records an :class:`~llm.client.LLMError` on its candidate and the others go on.
 The exceptions here are not ``LLMError``: no node catches them, they go up through the
 graph, and the runner stops the run with :attr:`RunStop.status` in ``run.json`` and
 :attr:`RunStop.exit_code` (the service answers the one request with a 502 instead).
@@ -8,8 +8,8 @@ graph, and the runner stops the run with :attr:`RunStop.status` in ``run.json`` 
 - :class:`ServerRefused`: the server answers, but refuses every request: the API key
   (401, 403) or the model (404: the models it does serve are listed);
 - :class:`PreflightFailed`: the check before the first reference found an endpoint
-  unreachable, refusing the key, or not serving the model (``nodes.preflight``);
-- ``nodes.circuit.CircuitOpen``: the server has answered nothing for too long.
+  unreachable, refusing the key, or not serving the model (``llm.preflight``);
+- ``llm.circuit.CircuitOpen``: the server has answered nothing for too long.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graph.quality.text import Vocab
+from dataset.quality.text import Vocab
 
 __all__ = ["Match", "RougeIndex", "lcs_length", "min_overlap", "rouge_l"]
 

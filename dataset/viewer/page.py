@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from graph.dataset_stats import RunData
-from graph.viewer.data import Packed, pack, viewer_data
+from dataset.stats import RunData
+from dataset.viewer.data import Packed, pack, viewer_data
 
 __all__ = ["PAGE", "page_parts", "render_page", "write_viewer"]
 

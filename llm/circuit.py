@@ -1,6 +1,6 @@
 """A run-level circuit breaker: stop the run when the LLM server stays unreachable.
 
-Every :class:`~nodes.llm.LLMClient` of a run reports to one :class:`CircuitBreaker`:
+Every :class:`~llm.client.LLMClient` of a run reports to one :class:`CircuitBreaker`:
 an answer from the server (whatever its content) closes it, a request that got no
 usable answer (connection refused or reset, timeout, 429, 5xx, an unreadable body)
 marks it failing. While it is failing and the server is away (no answer, 429,
@@ -9,9 +9,9 @@ its candidate as failed (the fault is the server's, not the candidate's); a requ
 the server answers with the same error every time (a 500 of its own) fails its
 candidate after its retries. Once the server has been failing for ``open_after`` seconds
 with no answer in between, the breaker opens for good: every call raises
-:class:`CircuitOpen`, which is not an :class:`~nodes.llm.LLMError`, so no node records
+:class:`CircuitOpen`, which is not an :class:`~llm.client.LLMError`, so no node records
 it on a candidate; it goes up through the graph and the runner stops the run, to be
-resumed later from its checkpoints (one of the run stops of ``nodes.stops``).
+resumed later from its checkpoints (one of the run stops of ``llm.stops``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 
-from nodes.stops import RunStop
+from llm.stops import RunStop
 
 
 class CircuitOpen(RunStop):

@@ -9,7 +9,7 @@ candidate instead of raising through the fan-out.
 Error classes: a 429, 5xx, timeout, dropped connection or unreadable answer is retried
 (a 500 while the server answers other requests after a short pause only: the request
 is at fault, not the load); a 400, 422 or the server's context-length error fails at
-once; a 401, 403 or 404 raises :class:`~nodes.stops.ServerRefused` (the run stops).
+once; a 401, 403 or 404 raises :class:`~llm.stops.ServerRefused` (the run stops).
 
 The client sends through a :class:`Transport`. Two exist: :class:`HTTPTransport`,
 one JSON POST to ``/chat/completions`` on a shared aiohttp session (the default for
@@ -39,8 +39,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from pydantic import BaseModel, ValidationError
 
-from nodes.circuit import CircuitBreaker
-from nodes.stops import REFUSING_STATUSES, ServerRefused
+from llm.circuit import CircuitBreaker
+from llm.stops import REFUSING_STATUSES, ServerRefused
 from state.context import RefedContext
 from state.line_format import LineFormatError, line_regex, parse_lines
 from state.records import Usage
@@ -466,7 +466,7 @@ class LLMClient:
         self._limiters: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         self.meter = Meter()
         self.circuit = circuit
-        """The run's circuit breaker (see nodes/circuit.py); None: retries only."""
+        """The run's circuit breaker (see llm/circuit.py); None: retries only."""
         self.answered_at = -math.inf
         """When the server last answered a request of this client (monotonic seconds)."""
 
@@ -532,7 +532,7 @@ class LLMClient:
         request at all was answered between its last two failures (the server is down,
         not just this request), until it gets an answer or the breaker opens and raises
         ``CircuitOpen``. A status that no retry gets past for any request (401, 403,
-        404) raises :class:`~nodes.stops.ServerRefused` at once: the run stops.
+        404) raises :class:`~llm.stops.ServerRefused` at once: the run stops.
         """
         usage = Usage(feedback_calls=1 if feedback else 0)
         last: LLMError | None = None
@@ -794,7 +794,7 @@ def client_for(ctx: RefedContext) -> LLMClient:
         )
     key = f"{ctx.base_url}|{ctx.model}"
     if key not in _clients:
-        from nodes.balancer import endpoint_client
+        from llm.balancer import endpoint_client
         from state.settings import RefedSettings
 
         settings = RefedSettings()
@@ -827,7 +827,7 @@ def judge_client_for(ctx: RefedContext) -> LLMClient:
         raise LLMError("config", "no base_url for the judge: set judge_base_url or base_url")
     key = f"judge|{base_url}|{model}"
     if key not in _clients:
-        from nodes.balancer import endpoint_client
+        from llm.balancer import endpoint_client
         from state.settings import RefedSettings
 
         settings = RefedSettings()

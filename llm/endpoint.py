@@ -14,7 +14,7 @@ def llm_endpoint(settings: RefedSettings, log_dir: Path) -> Iterator[tuple[str, 
     """Yield (base_url, model): the given endpoint(s), or the embedded server while in use.
 
     Several endpoints (``--base-url`` repeated, a comma list, ``--base-urls-file``) come as
-    one comma-separated ``base_url``; :func:`nodes.balancer.endpoint_client` splits it.
+    one comma-separated ``base_url``; :func:`llm.balancer.endpoint_client` splits it.
     """
     if settings.base_url:
         yield settings.base_url, settings.model

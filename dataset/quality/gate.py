@@ -35,15 +35,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from graph.quality.benchmarks import load_benchmarks
-from graph.quality.decontam import Decontaminator
-from graph.quality.rouge import Match, RougeIndex
-from graph.quality.text import Vocab, tokens
+from dataset.quality.benchmarks import load_benchmarks
+from dataset.quality.decontam import Decontaminator
+from dataset.quality.rouge import Match, RougeIndex
+from dataset.quality.text import Vocab, tokens
 from state.records import QualityFilter, Reference, Sample
 from state.settings import RefedSettings
 
 if TYPE_CHECKING:
-    from graph.runfolder import RunFolder
+    from dataset.runfolder import RunFolder
 
 __all__ = ["QualityGate", "Rejection", "gate_summary", "with_ledger_counts"]
 
@@ -116,7 +116,7 @@ class QualityGate:
         if near_dup == "rouge-l":
             self.index = RougeIndex(threshold, self.vocab)
         elif near_dup == "minhash":
-            from graph.quality.minhash import MinHashIndex
+            from dataset.quality.minhash import MinHashIndex
 
             self.index = MinHashIndex(
                 threshold, self.vocab, jaccard=minhash_jaccard, num_perm=minhash_perm

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from graph.quality.rouge import Match, _lcs, _masks
-from graph.quality.text import Vocab
+from dataset.quality.rouge import Match, _lcs, _masks
+from dataset.quality.text import Vocab
 
 __all__ = ["MinHashIndex"]
 

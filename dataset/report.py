@@ -1,4 +1,4 @@
-"""``python -m graph.report RUN_DIR``: a one-page report on what a run produced.
+"""``python -m dataset.report RUN_DIR``: a one-page report on what a run produced.
 
 Writes ``RUN_DIR/report/`` (or ``--out``): ``report.md`` (the page), ``report.json``
 (every number in it) and PNG plots:
@@ -10,7 +10,7 @@ Writes ``RUN_DIR/report/`` (or ``--out``): ``report.md`` (the page), ``report.js
 - ``lengths.png``: instruction and response lengths (tokens) of accepted samples, and
   each instruction's ROUGE-L with its own seed instruction;
 - ``words.png``: the most common first words and leading words of the instructions;
-- ``index.html``: the run viewer (graph/viewer), one self-contained page to browse every
+- ``index.html``: the run viewer (dataset/viewer), one self-contained page to browse every
   candidate with its reference, filter, sort and search them; it opens from disk and
   makes no request.
 
@@ -29,7 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from graph.dataset_stats import (
+from dataset.quality.gate import with_ledger_counts
+from dataset.quality.text import tokens
+from dataset.stats import (
     RunData,
     RunFolderError,
     diversity,
@@ -40,9 +42,7 @@ from graph.dataset_stats import (
     reference_similarity,
     score_stats,
 )
-from graph.quality.gate import with_ledger_counts
-from graph.quality.text import tokens
-from graph.viewer import write_viewer
+from dataset.viewer import write_viewer
 
 __all__ = ["build_report", "main", "write_report"]
 
@@ -324,7 +324,7 @@ def write_report(run_dir: Path, out: Path | None = None, *, plots: bool = True) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m graph.report", description="A one-page report on a run's output."
+        prog="python -m dataset.report", description="A one-page report on a run's output."
     )
     parser.add_argument("run_dir", type=Path, help="The run folder (--out of graph.run).")
     parser.add_argument("--out", type=Path, default=None, help="Default: RUN_DIR/report.")

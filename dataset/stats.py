@@ -1,4 +1,4 @@
-"""Statistics of a run folder's output, shared by ``graph.export`` and ``graph.report``.
+"""Statistics of a run folder's output, shared by ``dataset.export`` and ``dataset.report``.
 
 - ``load_run``: run.json, the accepted and rejected samples, quality.json;
 - ``outcome``: one short category per sample (accepted, judge under the bar, pairwise
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graph.ledger import Ledger
-from graph.quality.gate import gate_summary
-from graph.quality.rouge import rouge_l
-from graph.quality.text import tokens
-from graph.runfolder import Manifest
+from dataset.ledger import Ledger
+from dataset.quality.gate import gate_summary
+from dataset.quality.rouge import rouge_l
+from dataset.quality.text import tokens
+from dataset.runfolder import Manifest
 from state.records import Sample
 
 __all__ = [

@@ -9,6 +9,6 @@
 - ``gate``: ``QualityGate``, what the runner calls before writing a sample as accepted.
 """
 
-from graph.quality.gate import QualityGate, Rejection, gate_summary
+from dataset.quality.gate import QualityGate, Rejection, gate_summary
 
 __all__ = ["QualityGate", "Rejection", "gate_summary"]
