@@ -105,13 +105,14 @@ def _child_refed(args: argparse.Namespace) -> dict[str, Any]:
 
         return _measure_cli(args, original_main)
 
+    import graph.local
     import graph.run
     import llm.balancer
     from graph.checkpoint import sqlite_saver
     from llm.client import ChatModelTransport, openai_chat_model
 
-    # The variants swap one piece each, in this child only (graph.run and the balancer
-    # look both up at call time); the runner, graph and nodes are the same code.
+    # The variants swap one piece each, in this child only (the local store and the
+    # balancer look both up at call time); the runner, graph and nodes are the same code.
     if args.variant in ("refed-langchain", "refed-before"):
 
         def chat_openai(url: str, model: str, key: str, *, timeout: float) -> ChatModelTransport:
@@ -119,7 +120,7 @@ def _child_refed(args: argparse.Namespace) -> dict[str, Any]:
 
         setattr(llm.balancer, "HTTPTransport", chat_openai)  # noqa: B010
     if args.variant in ("refed-aiosqlite", "refed-before"):
-        graph.run.sqlite_saver = functools.partial(sqlite_saver, inline=False)
+        graph.local.sqlite_saver = functools.partial(sqlite_saver, inline=False)
     return _measure_cli(args, graph.run.main)
 
 

@@ -64,24 +64,13 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-PER_PROCESS_IN_FLIGHT = 32
-"""Requests in flight per graph process by default. At about 2.5 ms of CPU per call one
-process is most of a core busy from 64 in flight at 200 ms, and two processes measured
-1.10x of ideal there against 1.14x for one (BENCHMARKS.md, "Graph processes")."""
-
-
-def default_processes(settings: RefedSettings) -> int:
-    """Graph processes for a new run without ``--processes``: one per
-    :data:`PER_PROCESS_IN_FLIGHT` requests in flight, at most one per usable core."""
-    if settings.store:
-        return 1  # Postgres runs scale by workers (graph/pgstore.py)
-    budget = settings.concurrency * max(1, len(settings.base_urls))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, budget // PER_PROCESS_IN_FLIGHT))
-
-
 def new_manifest(
-    settings: RefedSettings, prompt_versions: dict[str, str], *, model: str, base_url: str | None
+    settings: RefedSettings,
+    prompt_versions: dict[str, str],
+    *,
+    model: str,
+    base_url: str | None,
+    processes: int = 1,
 ) -> Manifest:
     """The manifest of a run that starts now, with a fresh run id."""
     return Manifest(
@@ -94,7 +83,7 @@ def new_manifest(
         fingerprint=settings.fingerprint(),
         prompt_versions=prompt_versions,
         settings=settings.public_dump(),
-        processes=settings.processes or default_processes(settings),
+        processes=processes,
     )
 
 
@@ -139,8 +128,12 @@ class RunFolder:
         *,
         model: str,
         base_url: str | None,
+        processes: int = 1,
     ) -> tuple[RunFolder, Manifest]:
-        """Create or resume the run folder; refuse a different config unless ``force_new``."""
+        """Create or resume the run folder; refuse a different config unless ``force_new``.
+
+        ``processes``: the graph processes of a new run (a run keeps the number it began
+        with: its checkpoints are sharded by it)."""
         path = settings.out
         existing = path / "run.json"
         if existing.exists() and settings.force_new:
@@ -178,7 +171,9 @@ class RunFolder:
             manifest.base_url = base_url
             manifest.settings = settings.public_dump()
         else:
-            manifest = new_manifest(settings, prompt_versions, model=model, base_url=base_url)
+            manifest = new_manifest(
+                settings, prompt_versions, model=model, base_url=base_url, processes=processes
+            )
         folder.load()
         folder.write_schemas()
         folder.write_manifest(manifest)

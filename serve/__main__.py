@@ -11,7 +11,7 @@ import uvicorn
 
 import prompts
 from dataset.embeddings import BaseModelMissing
-from graph.run import check_relevance_model
+from dataset.relevance import require_model
 from llm.endpoint import llm_endpoint
 from serve.app import create_app
 from state.logs import add_secret, configure_logging
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     settings: RefedSettings = settings_from_args(parser.parse_args(argv))
     try:  # the same profile as the batch job: the embedded model's when none is given
         settings = prompts.resolve_profile(settings)
-        check_relevance_model(settings)
+        require_model(settings.relevance_min)
     except (ProfileError, BaseModelMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

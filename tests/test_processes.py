@@ -140,7 +140,7 @@ def test_a_different_process_count_is_refused_on_resume(tmp_path: Path) -> None:
 
 
 def test_default_processes_follow_the_in_flight_budget() -> None:
-    from dataset.runfolder import default_processes
+    from graph.procpool import default_processes
     from state.settings import RefedSettings
 
     cores = len(os.sched_getaffinity(0))
