@@ -109,7 +109,7 @@ def _child_refed(args: argparse.Namespace) -> dict[str, Any]:
     import graph.run
     import llm.balancer
     from graph.checkpoint import sqlite_saver
-    from llm.client import ChatModelTransport, openai_chat_model
+    from llm.transport import ChatModelTransport, openai_chat_model
 
     # The variants swap one piece each, in this child only (the local store and the
     # balancer look both up at call time); the runner, graph and nodes are the same code.

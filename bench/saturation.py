@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 
 from bench.common import REPO, machine, table, versions
-from llm.client import Completion, HTTPTransport, Messages, _request_body
+from llm.transport import Completion, HTTPTransport, Messages, _request_body
 
 RECORDS: list[dict[str, Any]] = []
 

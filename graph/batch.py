@@ -42,9 +42,7 @@ async def check_endpoints(settings: RefedSettings) -> None:
     """The pre-flight check of every endpoint the run will call (``llm.preflight``):
     raises :class:`~llm.stops.PreflightFailed` before the run folder is touched."""
     await preflight(
-        targets(
-            settings.base_url or "", settings.model, settings.judge_base_url, settings.judge_model
-        ),
+        targets(settings),
         settings.api_key.get_secret_value(),
         timeout=settings.timeout,
     )
@@ -64,7 +62,7 @@ async def run_batch(
     any it lacks are started here.
     """
     if client is None:
-        if not settings.base_url:
+        if not settings.base_urls:
             raise ValueError("run_batch needs settings.base_url or a client")
         await check_endpoints(settings)
     opened: AbstractAsyncContextManager[Store]

@@ -48,7 +48,8 @@ from graph.judge_sets import (
     sample_items,
     sample_pairs,
 )
-from llm.client import LLMClient, LLMError, openai_transport
+from llm.client import LLMClient, LLMError
+from llm.factory import judge_client, llm_endpoint
 from llm.stops import RunStop
 from nodes.judging import JudgeOptions, compare, score_record
 from state.criteria import CriteriaError, CriteriaSet
@@ -57,9 +58,11 @@ from state.settings import RefedSettings, add_settings_flags, settings_from_args
 
 JUDGE_FLAGS = (
     "base_url",
+    "base_urls_file",
     "model",
     "api_key",
     "concurrency",
+    "fixed_concurrency",
     "timeout",
     "max_retries",
     "seed",
@@ -106,33 +109,6 @@ def _options(settings: RefedSettings) -> JudgeOptions:
         logprobs=settings.judge_logprobs,
         rationale_chars=settings.judge_rationale_chars,
         seed=settings.seed,
-    )
-
-
-@contextlib.contextmanager
-def judge_endpoint(settings: RefedSettings, log_dir: Path) -> Iterator[tuple[str, str]]:
-    """The judge's endpoint and model; the embedded server when no URL is given."""
-    base_url = settings.judge_base_url or settings.base_url
-    model = settings.judge_model or settings.model
-    if base_url:
-        yield base_url, model
-        return
-    from embedded.server import EmbeddedServer
-
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with EmbeddedServer(log_file=log_dir / "vllm.log") as server:
-        yield server.base_url, settings.judge_model or server.model
-
-
-def make_client(settings: RefedSettings, base_url: str, model: str) -> LLMClient:
-    chat = openai_transport(
-        base_url, model, settings.api_key.get_secret_value(), timeout=settings.timeout
-    )
-    return LLMClient(
-        chat,
-        concurrency=settings.judge_concurrency or settings.concurrency,
-        max_retries=settings.max_retries,
-        name="judge",
     )
 
 
@@ -273,8 +249,9 @@ def cmd_score(args: argparse.Namespace, settings: RefedSettings) -> int:
     rows: list[dict[str, Any]] = []
     parquet = out.suffix == ".parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with judge_endpoint(settings, out.parent) as (base_url, model):
-        client = make_client(settings, base_url, model)
+    with llm_endpoint(settings, out.parent, judge=True) as settings:
+        model = settings.judge_model or settings.model
+        client = judge_client(settings)
         with contextlib.ExitStack() as stack:
             fh = None if parquet else stack.enter_context(out.open("w", encoding="utf-8"))
 
@@ -379,7 +356,8 @@ def cmd_eval(args: argparse.Namespace, settings: RefedSettings) -> int:
     out = Path(args.out) if args.out else Path("runs") / "judge-eval" / hset.name
     opts = _options(settings)
     per_criterion = settings.judge_per_criterion
-    with judge_endpoint(settings, out) as (base_url, model):
+    with llm_endpoint(settings, out, judge=True) as settings:
+        model = settings.judge_model or settings.model
         config = {
             "set": hset.name,
             "file": str(hset.path),
@@ -398,7 +376,7 @@ def cmd_eval(args: argparse.Namespace, settings: RefedSettings) -> int:
         }
         if args.fresh and (out / "judged.jsonl").exists():
             (out / "judged.jsonl").unlink()
-        client = make_client(settings, base_url, model)
+        client = judge_client(settings)
         if hset.kind == "pairwise":
             all_pairs = load_pairs(hset)
             pairs = sample_pairs(all_pairs, args.sample, args.sample_seed)

@@ -46,10 +46,9 @@ from dataset.runfolder import Manifest, RunFolder
 from graph.builder import compile_graph
 from graph.checkpoint import sqlite_saver
 from graph.store import OnUpdate, Store, default_workers, run_thread, storage_error
-from llm.balancer import endpoint_stats
 from llm.circuit import CircuitOpen
 from llm.client import Meter
-from llm.factory import RunClients, run_clients
+from llm.factory import RunClients, endpoint_stats, run_clients
 from llm.stops import ServerRefused
 from state.logs import add_secret, configure_logging
 from state.records import Reference

@@ -25,7 +25,7 @@ from graph.batch import RunResult, run_batch
 from graph.procpool import discard, new_event_loop, planned_processes, prefork
 from graph.store import stopped_line
 from llm.circuit import CircuitOpen
-from llm.endpoint import llm_endpoint
+from llm.factory import llm_endpoint
 from llm.stops import PreflightFailed, RunStop
 from state.logs import add_secret, configure_logging, redact
 from state.profile import ProfileError
@@ -144,8 +144,7 @@ def _main(settings: RefedSettings, forked: list[Any]) -> int:
         raise SystemExit(130)
 
     try:
-        with llm_endpoint(settings, settings.out) as (base_url, model):
-            settings = settings.model_copy(update={"base_url": base_url, "model": model})
+        with llm_endpoint(settings, settings.out) as settings:
             main_task = loop.create_task(run_batch(settings, references, forked=forked))
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal, sig)

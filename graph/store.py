@@ -35,9 +35,8 @@ from langgraph.graph.state import CompiledStateGraph
 from dataset.ledger import LedgerError
 from dataset.quality import QualityGate
 from dataset.runfolder import Manifest, RunFolder
-from llm.balancer import endpoint_stats
 from llm.client import Meter
-from llm.factory import RunClients
+from llm.factory import RunClients, endpoint_stats
 from state.context import RefedContext
 from state.graph_state import ReferenceState
 from state.logs import redact

@@ -1,6 +1,6 @@
-"""Several OpenAI-compatible endpoints behind one :class:`~llm.client.Transport`.
+"""Several OpenAI-compatible endpoints behind one :class:`~llm.transport.Transport`.
 
-:class:`Balancer` holds one :class:`~llm.client.HTTPTransport` per endpoint and, per call:
+:class:`Balancer` holds one :class:`~llm.transport.HTTPTransport` per endpoint and, per call:
 
 - **picks** the endpoint with the fewest requests outstanding among those that are
   healthy and under their limit (a call waits when every limit is reached);
@@ -51,17 +51,9 @@ from typing import Any
 import aiohttp
 import structlog
 
-from llm.client import (
-    Completion,
-    HTTPTransport,
-    LLMClient,
-    Messages,
-    TransportError,
-    server_unavailable,
-)
 from llm.preflight import served_models
 from llm.stops import REFUSING_STATUSES, ServerRefused
-from state.settings import endpoint_urls
+from llm.transport import Completion, HTTPTransport, Messages, TransportError, server_unavailable
 
 log = structlog.get_logger("refed.balancer")
 
@@ -319,7 +311,7 @@ class _Waiters:
 
 
 class Balancer:
-    """A :class:`~llm.client.Transport` over several endpoints (see the module docstring)."""
+    """A :class:`~llm.transport.Transport` over several endpoints (see the module docstring)."""
 
     def __init__(
         self,
@@ -641,33 +633,3 @@ class Balancer:
         ep.eject_for = min(self.eject_cap, 2 * ep.eject_for)
         ep.probe_at = time.monotonic() + ep.eject_for
         log.info("endpoint_probe_failed", endpoint=ep.base_url, probe_in=ep.eject_for)
-
-
-def endpoint_client(
-    base_urls: str | Sequence[str],
-    model: str,
-    api_key: str,
-    *,
-    timeout: float = 120.0,
-    concurrency: int = 16,
-    adaptive: bool = True,
-    max_retries: int = 4,
-    name: str = "default",
-) -> LLMClient:
-    """An :class:`~llm.client.LLMClient` over one or more endpoints through a :class:`Balancer`.
-
-    ``base_urls``: a list, or one string with URLs separated by commas. The client's own
-    limiter is the sum of the endpoints' caps, so it never holds back what the
-    per-endpoint limits would let through.
-    """
-    urls = endpoint_urls(base_urls) if isinstance(base_urls, str) else list(base_urls)
-    balancer = Balancer(
-        urls, model, api_key, timeout=timeout, concurrency=concurrency, adaptive=adaptive
-    )
-    return LLMClient(balancer, concurrency=balancer.capacity, max_retries=max_retries, name=name)
-
-
-def endpoint_stats(client: LLMClient | None) -> list[dict[str, Any]]:
-    """Per-endpoint counters of ``client``'s balancer (empty for other transports)."""
-    transport = client.transport if client is not None else None
-    return transport.stats() if isinstance(transport, Balancer) else []

@@ -27,6 +27,7 @@ import aiohttp
 import structlog
 
 from llm.stops import KEY_ADVICE, PreflightFailed, served_list
+from state.settings import RefedSettings
 
 log = structlog.get_logger("refed.preflight")
 
@@ -169,16 +170,12 @@ async def check_endpoint(
     return result(None, "", served)
 
 
-def targets(
-    base_url: str, model: str, judge_base_url: str | None, judge_model: str | None
-) -> list[Target]:
+def targets(settings: RefedSettings) -> list[Target]:
     """Every (endpoint, model) a run calls: the generator's, then the judge's own ones."""
-    from state.settings import endpoint_urls
-
-    out = [Target(url, model) for url in endpoint_urls(base_url)]
-    if judge_base_url is not None or judge_model is not None:
-        judge = judge_model or model
-        for url in endpoint_urls(judge_base_url or base_url):
+    out = [Target(url, settings.model) for url in settings.base_urls]
+    if settings.judge_base_url is not None or settings.judge_model is not None:
+        judge = settings.judge_model or settings.model
+        for url in settings.judge_base_urls or settings.base_urls:
             if Target(url, judge) not in out and Target(url, judge, "judge") not in out:
                 out.append(Target(url, judge, "judge"))
     return out

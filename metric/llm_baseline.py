@@ -72,7 +72,7 @@ def make_llm_client(cfg: LLMConfig) -> LLMClient | None:
     """The judge's client layer (nodes.llm) on the configured server; None: no server."""
     if not cfg.base_url:
         return None
-    from graph.judge import make_client
+    from llm.factory import judge_client as make_client
     from state.settings import RefedSettings
 
     settings = RefedSettings(base_url=cfg.base_url, model=cfg.model, concurrency=cfg.concurrency)

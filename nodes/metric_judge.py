@@ -20,7 +20,8 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 import prompts
-from llm.client import LLMError, judge_client_for
+from llm.client import LLMError
+from llm.factory import judge_client_for
 from nodes.judging import Judged, JudgeOptions, compare, score_record
 from state.context import RefedContext
 from state.criteria import CriteriaError, CriteriaSet

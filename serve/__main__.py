@@ -12,7 +12,7 @@ import uvicorn
 import prompts
 from dataset.embeddings import BaseModelMissing
 from dataset.relevance import require_model
-from llm.endpoint import llm_endpoint
+from llm.factory import llm_endpoint
 from serve.app import create_app
 from state.logs import add_secret, configure_logging
 from state.profile import ProfileError
@@ -60,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     if settings.service_token is not None:
         add_secret(settings.service_token.get_secret_value())
     configure_logging(None, level=settings.log_level, console_level=settings.log_level)
-    with llm_endpoint(settings, settings.service_db.parent) as (base_url, model):
-        app = create_app(settings, base_url=base_url, model=model)
+    with llm_endpoint(settings, settings.service_db.parent) as settings:
+        app = create_app(settings, base_url=settings.base_url or "", model=settings.model)
         print(
-            f"refed service on http://{settings.host}:{settings.port} (LLM: {base_url})",
+            f"refed service on http://{settings.host}:{settings.port} (LLM: {settings.base_url})",
             file=sys.stderr,
             flush=True,
         )

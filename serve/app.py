@@ -31,15 +31,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dataset.quality import QualityGate
 from graph.builder import compile_graph
 from graph.checkpoint import sqlite_saver
-from llm.balancer import endpoint_client
-from llm.client import LLMClient, register_client, unregister_client
+from llm.client import LLMClient
+from llm.factory import run_clients
 from llm.preflight import EndpointCheck, check_all, targets
 from llm.stops import RunStop
 from serve.feedback_cache import feedback_cache
 from serve.metrics import ServiceMetrics
 from serve.synthesis import Event, synthesize
 from state.api import ErrorBody, FeedbackView, Health, SynthesizeRequest, SynthesizeResponse
-from state.context import RefedContext
 from state.logs import redact
 from state.settings import RefedSettings
 
@@ -161,17 +160,9 @@ def create_app(
 ) -> FastAPI:
     """The service app; ``client`` replaces the OpenAI-compatible one (tests)."""
     metrics = ServiceMetrics()
-    llm = client or endpoint_client(  # one endpoint or several (comma-separated), balanced
-        base_url,
-        model,
-        settings.api_key.get_secret_value(),
-        timeout=settings.timeout,
-        concurrency=settings.concurrency,
-        adaptive=not settings.fixed_concurrency,
-        max_retries=settings.max_retries,
-    )
-    client_key = f"serve:{id(llm)}"
-    endpoints = targets(base_url, model, settings.judge_base_url, settings.judge_model)
+    settings = settings.model_copy(update={"base_url": base_url, "model": model})
+    clients = run_clients(settings, "serve", client, prefix="serve", circuit=False)
+    endpoints = targets(settings)
     api_key = settings.api_key.get_secret_value()
     cache = feedback_cache(settings, model)
     quality = QualityGate.from_settings(settings)  # benchmarks load once, here
@@ -183,7 +174,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        register_client(client_key, llm)
         await cache.open()
         checkpoints = settings.service_db.with_name(
             settings.service_db.stem + "-checkpoints.sqlite"
@@ -207,8 +197,7 @@ def create_app(
             if leftover:
                 log.warning("shutdown_cancelled", requests=len(leftover))
         await cache.close()
-        await llm.aclose()
-        unregister_client(client_key)
+        await clients.aclose()
         log.info("service_stopped")
 
     app = FastAPI(
@@ -220,9 +209,7 @@ def create_app(
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
-    base_context = RefedContext.from_settings(
-        settings, base_url=base_url, model=model, client_key=client_key
-    )
+    base_context = clients.context
 
     bearer = HTTPBearer(auto_error=False)
 

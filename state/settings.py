@@ -266,8 +266,10 @@ class RefedSettings(BaseSettings):
     )
 
     # --- the metric judge ---------------------------------------------------------------
-    judge_base_url: str | None = Field(
-        default=None, description="The judge's own endpoint (…/v1); default: the generator's."
+    judge_base_url: Annotated[str | None, BeforeValidator(_url_list)] = Field(
+        default=None,
+        description="The judge's own endpoint (…/v1), or several separated by commas; "
+        "default: the generator's.",
     )
     judge_model: str | None = Field(
         default=None, description="The judge's model; default: the generator's."
@@ -443,12 +445,20 @@ class RefedSettings(BaseSettings):
     def _check_base_urls(self) -> RefedSettings:
         for url in endpoint_urls(self.base_url):
             check_endpoint(url, "base_url")
+        for url in endpoint_urls(self.judge_base_url):
+            check_endpoint(url, "judge_base_url")
         return self
 
     @property
     def base_urls(self) -> list[str]:
-        """Every configured endpoint (empty: the embedded server)."""
+        """Every configured endpoint (empty: the embedded server). The one place a
+        ``base_url`` (several URLs separated by commas) is split."""
         return endpoint_urls(self.base_url)
+
+    @property
+    def judge_base_urls(self) -> list[str]:
+        """The judge's own endpoints (empty: the generator's)."""
+        return endpoint_urls(self.judge_base_url)
 
     @classmethod
     def settings_customise_sources(

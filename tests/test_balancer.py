@@ -21,8 +21,10 @@ import pytest
 from aiohttp import web
 
 from dataset.ledger import Ledger
-from llm.balancer import AIMDLimit, Balancer, LoopLag, endpoint_client
-from llm.client import LLMError, TransportError
+from llm.balancer import AIMDLimit, Balancer, LoopLag
+from llm.client import LLMError
+from llm.factory import endpoint_client
+from llm.transport import TransportError
 from state.records import ReferenceDone, Sample
 from state.settings import RefedSettings
 from testing.fake_server import FakeServer as FakeApp
@@ -284,7 +286,7 @@ async def test_poison_requests_fail_alone_and_never_eject_the_endpoint() -> None
     limit."""
     app = FakeApp(latency=0.01, poison_rate=0.2, poison_seed=3)
     async with serve(app) as url:
-        client = endpoint_client(url, "fake", "", concurrency=8, max_retries=4)
+        client = endpoint_client([url], "fake", "", concurrency=8, max_retries=4)
         client.backoff_base = 0.001
         results = await asyncio.gather(
             *(client.text(m, task="t", temperature=0, max_tokens=8) for m in _asks(120)),

@@ -531,6 +531,29 @@ def test_score_cli_writes_scores_next_to_records(
     assert len(table) == 5 and set(table[0]["judge"]["scores"]) == {"clarity"}
 
 
+def test_score_cli_spreads_over_two_endpoints(fake_server: FakeServerProc, tmp_path: Path) -> None:
+    """``python -m graph.judge score --base-url A,B``: both endpoints are called (through
+    the same client factory and balancer as a run), every record is scored once."""
+    src = tmp_path / "answers.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"instruction": f"Question {i}?", "response": f"Answer {i}."}) + "\n"
+            for i in range(12)
+        )
+    )
+    with FakeServerProc(latency=0.05) as other:
+        both = f"{fake_server.base_url},{other.base_url}"
+        res = run_judge("score", str(src), "--base-url", both, "--model", "fake")
+        assert res.returncode == 0, res.stderr
+        calls = [fake_server.stats()["requests"], other.stats()["requests"]]
+    got = [
+        json.loads(line) for line in (tmp_path / "answers.judged.jsonl").read_text().splitlines()
+    ]
+    assert len(got) == 12 and all(g["judge"]["mean"] == 5.0 for g in got)
+    assert sum(calls) == 12 and min(calls) > 0, calls
+    assert "12 records scored, 0 failed" in res.stderr
+
+
 def test_judge_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "a.jsonl"
     src.write_text('{"prompt": "Q", "output": "A"}\n')

@@ -19,7 +19,9 @@ import pytest
 from langgraph.runtime import Runtime
 
 import prompts
-from llm.client import LLMClient, openai_chat_model, register_client, unregister_client
+from llm.client import LLMClient
+from llm.factory import register_client, unregister_client
+from llm.transport import openai_chat_model
 from nodes.judging import JudgeOptions, expected_score, score_record
 from nodes.metric_judge import metric_judge
 from state.context import RefedContext

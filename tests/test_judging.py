@@ -16,7 +16,8 @@ from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 
 import prompts
-from llm.client import LLMClient, LLMError, register_client, unregister_client
+from llm.client import LLMClient, LLMError
+from llm.factory import register_client, unregister_client
 from nodes.judging import (
     JudgeOptions,
     compare,

@@ -12,7 +12,8 @@ import pytest
 from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 
-from llm.client import LLMClient, derive_seed, register_client, unregister_client
+from llm.client import LLMClient, derive_seed
+from llm.factory import register_client, unregister_client
 from nodes.feedback_distillation import feedback_distillation
 from nodes.finalize import finalize, sample_id
 from nodes.metric_judge import metric_judge, wants_revision

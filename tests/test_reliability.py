@@ -23,8 +23,9 @@ import pytest
 from dataset.ledger import Ledger
 from dataset.runfolder import Manifest
 from llm.circuit import CircuitBreaker, CircuitOpen
-from llm.client import Completion, HTTPTransport, LLMClient, LLMError, TransportError
+from llm.client import LLMClient, LLMError
 from llm.stops import ServerRefused
+from llm.transport import Completion, HTTPTransport, TransportError
 from state.records import ReferenceDone, Sample
 from testing.runs import write_seeds
 from testing.servers import FakeServer
