@@ -334,7 +334,7 @@ def measure(n: int, *, repeats: int, workdir: Path) -> dict[str, Any]:
 
 
 def screenshot(run_dir: Path, out: Path, *, view: str | None, full_page: bool) -> Path:
-    page = run_dir / "report" / "index.html"
+    page = (run_dir / "report" / "index.html").resolve()
     if not page.exists():
         from dataset.report import write_report
 

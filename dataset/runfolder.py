@@ -281,13 +281,17 @@ class RunFolder:
         self.usage += done.usage
 
     def stats(self, process_calls: int = 0) -> RunStats:
-        return RunStats(
-            references_done=len(self.done),
-            accepted=self.accepted,
-            rejected=self.rejected_count,
-            usage=self.usage,
-            process_calls=process_calls,
-        ).finish()
+        return (
+            RunStats(
+                references_done=len(self.done),
+                accepted=self.accepted,
+                rejected=self.rejected_count,
+                usage=self.usage,
+                process_calls=process_calls,
+            )
+            .with_references(self.done.values())
+            .finish()
+        )
 
     def write_manifest(self, manifest: Manifest) -> None:
         manifest.updated = _now()

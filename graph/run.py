@@ -56,6 +56,17 @@ def _summary(result: RunResult) -> str:
         f"LLM calls: {s.usage.calls} (feedback {s.usage.feedback_calls})   tokens: "
         f"{s.usage.prompt_tokens} prompt, {s.usage.completion_tokens} completion",
     ]
+    bar = result.manifest.fingerprint.get("judge_bar")
+    scores = s.reference_scores
+    anchor = (
+        f" (its references scored {scores['min']:.2f}-{scores['max']:.2f}, mean "
+        f"{scores['mean']:.2f})"
+        if scores
+        else ""
+    )
+    lines.append(
+        f"judge bar: {bar}{anchor}   instructions dropped by checks: {s.instructions_dropped}"
+    )
     if s.llm_calls_per_accepted is not None:
         lines.append(
             f"per accepted sample: {s.llm_calls_per_accepted:.2f} calls, "

@@ -272,6 +272,9 @@ class LLMClient:
                 if exc.kind == "length" and parse in (_text, _text_or_cut):
                     raise  # a longer answer will not fit the next time either
                 log.debug("llm_retry", task=task, attempt=attempt, error=exc.message[:200])
+                if params.get("seed") is not None:
+                    # A seeded request gives the same answer again: ask for another one.
+                    params = {**params, "seed": (params["seed"] + 1) & 0x7FFFFFFF}
             if attempt >= self.max_retries:
                 break
             attempt += 1

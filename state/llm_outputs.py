@@ -26,13 +26,13 @@ class _Out(BaseModel):
 # ``item_pattern`` hold its values to a shape (a short phrase, a sentence about the answer,
 # advice that starts with a verb); JSON schemas sent to a server leave them out.
 PHRASE = "[a-z][a-z0-9'-]{1,20}( [a-z0-9'-]{1,20}){0,3}"
-ABOUT_IT = "(It|Its|The) [^\\n]{8,150}"
+ABOUT_IT = "(It|Its|The) [^\\n]{8,120}"
 ADVICE_VERBS = (
     "Give|Use|Keep|Say|Show|Explain|Add|End|Start|List|Name|Warn|Cover|Avoid|Include|Define"
     "|Check|Answer|Ask|Write|Make|Match|State|Put|Offer|Mention|Stay|Focus|Describe|Suggest"
     "|Choose|Set|Tell|Point out|Be"
 )
-ADVICE = f"({ADVICE_VERBS}) [^\\n;]{{5,120}}"
+ADVICE = f"({ADVICE_VERBS}) [^\\n;]{{5,100}}"
 
 
 def _lines(**extra: str) -> Any:

@@ -8,6 +8,7 @@ JSON schemas.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -271,6 +272,28 @@ class RunStats(BaseModel):
     process_calls: int = Field(
         default=0, description="LLM requests made by processes of this run, retries included."
     )
+    reference_scores: dict[str, float] | None = Field(
+        default=None,
+        description="The judge's scores of the references themselves (anchored bars): n, "
+        "mean, min, max.",
+    )
+    instructions_dropped: int = Field(
+        default=0, description="Synthesized instructions a validity check dropped unanswered."
+    )
+
+    def with_references(self, done: Iterable[ReferenceDone]) -> RunStats:
+        """These counters with what the finished references' markers say."""
+        markers = list(done)
+        scores = [d.reference_score for d in markers if d.reference_score is not None]
+        if scores:
+            self.reference_scores = {
+                "n": len(scores),
+                "mean": sum(scores) / len(scores),
+                "min": min(scores),
+                "max": max(scores),
+            }
+        self.instructions_dropped = sum(len(d.dropped_instructions) for d in markers)
+        return self
 
     def finish(self) -> RunStats:
         n = self.accepted

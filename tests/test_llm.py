@@ -688,3 +688,21 @@ async def test_real_openai_client_text_length_is_an_llm_error(canned_server: Any
         await client.text(TEXT_MESSAGES, task="respond", temperature=0, max_tokens=9)
     assert info.value.kind == "length"
     assert canned_server.requests == 1
+
+
+async def test_a_retry_after_a_bad_answer_asks_with_another_seed() -> None:
+    """A seeded request gives the same answer again: a retry that kept the seed could never
+    succeed (a small model that runs to the cap at temperature 0.2 would do it every time)."""
+    answers = iter(["{", json.dumps({"instruction_guidance": ["a"], "response_guidance": ["b"]})])
+    script = Script(answers={"DistilledFeedbackOut": lambda m, k: next(answers)})
+    client = LLMClient(ScriptedChatModel(script), max_retries=2, backoff_base=0)
+    reply = await client.structured(
+        [{"role": "user", "content": "x"}],
+        DistilledFeedbackOut,
+        task="distill",
+        temperature=0.2,
+        max_tokens=64,
+        seed=41,
+    )
+    assert reply.value.response_guidance == ["b"]
+    assert [c.kwargs["seed"] for c in script.calls] == [41, 42]

@@ -287,3 +287,51 @@ def test_torn_last_line_is_cut(tmp_path: Path) -> None:
     path.write_text('{"a": 1}\n{"a": 2\n')  # newline written, JSON torn
     Ledger(path)
     assert path.read_text() == '{"a": 1}\n'
+
+
+def test_a_small_model_profile_run_on_the_fake_server(
+    fake_server: FakeServerProc, tmp_path: Path
+) -> None:
+    """The smollm2 profile end to end without a model: labelled lines held to regular
+    expressions, one request per completion, the bar anchored on each reference (whose
+    scores run.json and the summary show), and a resume that makes no call."""
+    out = tmp_path / "run"
+    args = (
+        "--seeds",
+        str(EXAMPLES),
+        "--base-url",
+        fake_server.base_url,
+        "--model",
+        "fake",
+        "--out",
+        str(out),
+        "--per-reference",
+        "2",
+        "--profile",
+        "smollm2",
+        "--relevance-min",
+        "-1",  # on, but every answer passes: fake answers are about nothing
+    )
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert "profile: smollm2" in res.stderr
+    manifest = Manifest.model_validate_json((out / "run.json").read_text())
+    assert manifest.fingerprint["synthesis_mode"] == "sampled"
+    assert manifest.fingerprint["judge_bar"] == "reference:0.5"
+    scores = manifest.stats.reference_scores
+    assert scores is not None and scores["n"] == 6
+    assert f"judge bar: reference:0.5 (its references scored {scores['min']:.2f}" in res.stderr
+    done = read(out / "references.jsonl", ReferenceDone)
+    assert [d.error for d in done] == [None] * 6
+    assert all(d.reference_score is not None for d in done)
+    bodies = fake_server.requests()
+    assert any("structured_outputs" in b for b in bodies)
+    assert any(b.get("n", 1) > 1 for b in bodies)  # several new requests from one call
+    samples = read(out / "samples.jsonl", Sample) + read(out / "rejected.jsonl", Sample)
+    assert len(samples) == 12
+    for s in samples:
+        if s.judgement is not None:
+            assert s.judgement.threshold is not None
+    before = fake_server.stats()["requests"]
+    assert run_cli(*args).returncode == 0
+    assert fake_server.stats()["requests"] == before
