@@ -137,8 +137,8 @@ class AIMDLimit:
     ``tolerance`` times the low-load latency only holds the limit where it is: the
     client cannot tell a server queueing from its own event loop running late (a busy
     client, a busy machine) or from a batching server that is slower per request but
-    faster in total, and cutting on any of those cost throughput (BENCHMARKS.md,
-    section 1). When latency stays high for two rounds of answers at a held limit, the
+    faster in total, and cutting on any of those cost throughput (the overhead
+    benchmark). When latency stays high for two rounds of answers at a held limit, the
     requests got slower (longer answers), and the low-load latency is measured again
     from there; growth then goes on one slot per round.
     """

@@ -29,8 +29,8 @@ from typing import Any
 
 from dataset.quality.rouge import rouge_l
 from dataset.quality.text import tokens
-from graph.judge_eval import agreement_levels, pairwise_agreement
-from graph.judge_sets import HumanSet, read_records
+from judge.evaluate import agreement_levels, pairwise_agreement
+from judge.sets import HumanSet, read_records
 from metric.data import Example, Pair
 from state.judgements import Vote
 

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graph.judge_eval import compare_pairs, score_items
-from graph.judge_sets import HumanItem, HumanPair, HumanSet, load_items, load_pairs
+from judge.evaluate import compare_pairs, score_items
+from judge.scoring import JudgeOptions
+from judge.sets import HumanItem, HumanPair, HumanSet, load_items, load_pairs
 from llm.client import LLMClient
 from metric.data import Example, Pair, unit
-from nodes.judging import JudgeOptions
 from state.criteria import CriteriaSet
 from state.judgements import Vote
 

@@ -20,9 +20,10 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 import prompts
+from judge.scoring import Judged, JudgeOptions, compare, score_record
 from llm.client import LLMError
 from llm.factory import judge_client_for
-from nodes.judging import Judged, JudgeOptions, compare, score_record
+from metric.node import encoder_compare, encoder_score
 from state.context import RefedContext
 from state.criteria import CriteriaError, CriteriaSet
 from state.graph_state import CandidateState
@@ -66,8 +67,6 @@ async def judge_scores(
 ) -> Judged[PointwiseResult]:
     """``record`` scored by the configured judge (an LLM, or the metric encoder)."""
     if ctx.judge_backend == "encoder":  # the trained metric model (metric/), no LLM
-        from metric.node import encoder_score
-
         try:
             return Judged(await encoder_score(ctx, cset, record), Usage())
         except Exception as exc:  # recorded on the candidate, never raised through the fan-out
@@ -94,8 +93,6 @@ async def judge_compare(
 ) -> Judged[PairwiseVerdict]:
     """The improved response ``second`` against ``first``, by the configured judge."""
     if ctx.judge_backend == "encoder":
-        from metric.node import encoder_compare
-
         try:
             return Judged(await encoder_compare(ctx, cset, record, first, second_mean), Usage())
         except Exception as exc:

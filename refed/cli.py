@@ -23,7 +23,7 @@ def _serve(argv: list[str]) -> int:
 
 
 def _judge(argv: list[str]) -> int:
-    from graph.judge import main
+    from judge.cli import main
 
     return main(argv)
 
@@ -55,7 +55,7 @@ def _embedded(argv: list[str]) -> int:
 COMMANDS: dict[str, tuple[str, Main]] = {
     "run": ("python -m graph.run", _run),
     "serve": ("python -m serve", _serve),
-    "judge": ("python -m graph.judge", _judge),
+    "judge": ("python -m judge", _judge),
     "metric": ("python -m metric", _metric),
     "export": ("python -m dataset.export", _export),
     "report": ("python -m dataset.report", _report),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from graph.judge_sets import JUDGE_DATA
+from judge.sets import JUDGE_DATA
 from metric.data import Example
 
 

@@ -23,8 +23,8 @@ from langchain_core.messages import BaseMessage
 from scipy import stats
 
 import prompts
-from graph.judge import main as judge_main
-from graph.judge_eval import (
+from judge.cli import main as judge_main
+from judge.evaluate import (
     Compared,
     JudgedLog,
     Scored,
@@ -37,9 +37,10 @@ from graph.judge_eval import (
     score_items,
     system_level,
 )
-from graph.judge_export import pair_records, pointwise_records, to_scale
-from graph.judge_report import pointwise_markdown, write_pairwise, write_pointwise
-from graph.judge_sets import (
+from judge.export import pair_records, pointwise_records, to_scale
+from judge.report import pointwise_markdown, write_pairwise, write_pointwise
+from judge.scoring import JudgeOptions
+from judge.sets import (
     BUILTIN,
     HumanItem,
     HumanPair,
@@ -51,7 +52,6 @@ from graph.judge_sets import (
     sample_items,
 )
 from llm.client import LLMClient, derive_seed
-from nodes.judging import JudgeOptions
 from state.judgements import CriterionScore, PairwiseVerdict, PointwiseResult
 from tests.scripted import Script, ScriptedChatModel
 

@@ -19,10 +19,10 @@ import pytest
 from langgraph.runtime import Runtime
 
 import prompts
+from judge.scoring import JudgeOptions, expected_score, score_record
 from llm.client import LLMClient
 from llm.factory import register_client, unregister_client
 from llm.transport import openai_chat_model
-from nodes.judging import JudgeOptions, expected_score, score_record
 from nodes.metric_judge import metric_judge
 from state.context import RefedContext
 from state.graph_state import CandidateState
@@ -46,7 +46,7 @@ async def test_server_returns_usable_logprobs(vllm_base_url: str) -> None:
     cset = prompts.criteria("summeval")
     c = cset.get("fluency")
     opts = JudgeOptions(rationale_chars=40, logprobs=5)
-    from nodes.judging import render_pointwise
+    from judge.scoring import render_pointwise
 
     reply = await real_client(vllm_base_url).structured(
         render_pointwise(cset, (c,), {"summary": "The cat sat on the mat."}, opts),

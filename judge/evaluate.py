@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graph.judge_sets import HumanItem, HumanPair
+from judge.scoring import JudgeOptions, compare, score_record
+from judge.sets import HumanItem, HumanPair
 from llm.client import LLMClient, LLMError
-from nodes.judging import JudgeOptions, compare, score_record
 from state.criteria import CriteriaSet
 from state.judgements import (
     Agreement,

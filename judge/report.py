@@ -12,8 +12,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from graph.judge_eval import Scored
-from graph.judge_sets import HumanItem
+from judge.evaluate import Scored
+from judge.sets import HumanItem
 from state.judgements import Correlation, PairwiseReport, PointwiseReport
 
 LEVEL_TITLES = {

@@ -23,8 +23,8 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from graph.judge_sets import HumanItem, HumanPair
-from nodes.judging import JudgeOptions, render_pairwise, render_pointwise
+from judge.scoring import JudgeOptions, render_pairwise, render_pointwise
+from judge.sets import HumanItem, HumanPair
 from state.criteria import CriteriaSet, Criterion
 
 SCORE_ONLY = JudgeOptions(rationale_chars=0)
