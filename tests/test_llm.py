@@ -21,7 +21,7 @@ import llm.client as llm_mod
 import state.llm_outputs as llm_outputs
 from llm.balancer import Balancer
 from llm.client import LLMClient, LLMError, derive_seed, json_schema_format
-from llm.factory import client_for, register_client, unregister_client, use_settings
+from llm.factory import client_for, judge_client, register_client, unregister_client, use_settings
 from llm.transport import openai_chat_model
 from state.context import RefedContext
 from state.llm_outputs import DistilledFeedbackOut, JudgeOut
@@ -706,3 +706,26 @@ async def test_a_retry_after_a_bad_answer_asks_with_another_seed() -> None:
     )
     assert reply.value.response_guidance == ["b"]
     assert [c.kwargs["seed"] for c in script.calls] == [41, 42]
+
+
+def test_judge_client_spreads_over_the_judges_own_endpoints() -> None:
+    """``judge_base_url`` with several URLs: the judge's client balances over them, with
+    its own model and limiter; without one it is on the generator's endpoints."""
+    settings = RefedSettings(
+        base_url="http://127.0.0.1:9/v1",
+        model="gen",
+        judge_base_url="http://127.0.0.1:10/v1,http://127.0.0.1:11/v1",
+        judge_model="judge-m",
+        judge_concurrency=2,
+        fixed_concurrency=True,
+    )
+    balancer = judge_client(settings).transport
+    assert isinstance(balancer, Balancer)
+    assert [ep.base_url for ep in balancer.endpoints] == [
+        "http://127.0.0.1:10/v1",
+        "http://127.0.0.1:11/v1",
+    ]
+    assert balancer.model == "judge-m" and [ep.limit.limit for ep in balancer.endpoints] == [2, 2]
+    shared = judge_client(settings.model_copy(update={"judge_base_url": None})).transport
+    assert isinstance(shared, Balancer)
+    assert [ep.base_url for ep in shared.endpoints] == ["http://127.0.0.1:9/v1"]
