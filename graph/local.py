@@ -5,38 +5,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from dataset.runfolder import Manifest, RunFolder
 from graph.builder import compile_graph
 from graph.checkpoint import sqlite_saver
-from graph.store import GraphThreads, OnUpdate, Store
-from llm.client import LLMClient, Meter
+from graph.store import GraphThreads, ThreadedStore
+from llm.client import LLMClient
 from llm.factory import run_clients
-from state.records import Reference
 from state.settings import RefedSettings
 
 
-class LocalStore(Store):
+class LocalStore(ThreadedStore):
     """Ledgers in the run folder, threads run here on its SQLite checkpoints."""
-
-    def __init__(
-        self, settings: RefedSettings, folder: RunFolder, manifest: Manifest, threads: GraphThreads
-    ) -> None:
-        super().__init__(settings, folder, manifest)
-        self.threads = threads
-
-    async def execute(self, ref: Reference, on_update: OnUpdate) -> dict[str, Any]:
-        return await self.threads.execute(ref, self.manifest.run_id, on_update)
-
-    def meter(self) -> Meter:
-        return self.threads.meter()
-
-    def requests(self) -> int:
-        return self.threads.clients.requests
-
-    def endpoints(self) -> list[dict[str, Any]]:
-        return self.threads.endpoints()
 
 
 @asynccontextmanager

@@ -72,14 +72,13 @@ from graph.store import (
     Ending,
     GraphThreads,
     Held,
-    OnUpdate,
-    Store,
+    ThreadedStore,
     default_workers,
     run_status,
     stopped_line,
     target_reached,
 )
-from llm.client import LLMClient, Meter
+from llm.client import LLMClient
 from llm.factory import run_clients
 from state.logs import add_secret, redact
 from state.records import Reference, ReferenceDone, ReferenceFeedback, RunStats, Sample, Usage
@@ -597,7 +596,7 @@ def _write_line(fh: IO[str], record: Any) -> None:
     fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
-class PgStore(Store):
+class PgStore(ThreadedStore):
     """References claimed from Postgres under leases, ledgers committed there per reference,
     threads run here on Postgres checkpoints."""
 
@@ -610,8 +609,7 @@ class PgStore(Store):
         manifest: Manifest,
         threads: GraphThreads,
     ) -> None:
-        super().__init__(settings, folder, manifest)
-        self.threads = threads
+        super().__init__(settings, folder, manifest, threads)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.folder.owner = self.owner
         self.lease = float(settings.store_lease)
@@ -675,10 +673,6 @@ class PgStore(Store):
             for ref_id in lost:
                 held.drop(ref_id)
 
-    # --- checkpoints ----------------------------------------------------------------
-    async def execute(self, ref: Reference, on_update: OnUpdate) -> dict[str, Any]:
-        return await self.threads.execute(ref, self.manifest.run_id, on_update)
-
     # --- ledgers --------------------------------------------------------------------
     async def open_gate(self, references: Sequence[Reference]) -> QualityGate | None:
         """The gate loaded with the seeds and every worker's samples in the store."""
@@ -725,16 +719,6 @@ class PgStore(Store):
         done = left == 0 or target_reached(self.settings, folder)
         manifest.status = run_status(ending.interrupted, done, ending.stopped_by)
         folder.write_manifest(manifest)
-
-    # --- counters -------------------------------------------------------------------
-    def meter(self) -> Meter:
-        return self.threads.meter()
-
-    def requests(self) -> int:
-        return self.threads.clients.requests
-
-    def endpoints(self) -> list[dict[str, Any]]:
-        return self.threads.endpoints()
 
 
 def pool_size(settings: RefedSettings) -> int:

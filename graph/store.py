@@ -11,7 +11,8 @@ A :class:`Store` keeps what a run has done and is doing:
 Three implementations: ``graph.local.LocalStore`` (files and one SQLite checkpoint file,
 the graph in this process), ``graph.procpool.ProcessStore`` (files, the graph in
 several processes with a checkpoint file each) and ``graph.pgstore.PgStore`` (Postgres,
-shared by several workers). The defaults here are the run folder's on disk: the claims
+shared by several workers); the first and the last run their threads in this process
+(:class:`ThreadedStore`). The defaults here are the run folder's on disk: the claims
 are a queue of the references not yet done, the gate is loaded from the ledgers, and the
 end is written to ``run.json``.
 """
@@ -241,3 +242,26 @@ class Store(ABC):
     @abstractmethod
     def endpoints(self) -> list[dict[str, Any]]:
         """Per-endpoint counters of the generator's client (the run summary's)."""
+
+
+class ThreadedStore(Store):
+    """A store whose reference threads run in this process (:class:`GraphThreads`): the
+    SQLite and the Postgres stores."""
+
+    def __init__(
+        self, settings: RefedSettings, folder: RunFolder, manifest: Manifest, threads: GraphThreads
+    ) -> None:
+        super().__init__(settings, folder, manifest)
+        self.threads = threads
+
+    async def execute(self, ref: Reference, on_update: OnUpdate) -> dict[str, Any]:
+        return await self.threads.execute(ref, self.manifest.run_id, on_update)
+
+    def meter(self) -> Meter:
+        return self.threads.meter()
+
+    def requests(self) -> int:
+        return self.threads.clients.requests
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        return self.threads.endpoints()

@@ -55,17 +55,15 @@ from llm.factory import judge_client, llm_endpoint
 from llm.stops import RunStop
 from state.criteria import CriteriaError, CriteriaSet
 from state.logs import add_secret, redact
-from state.settings import RefedSettings, add_settings_flags, settings_from_args
+from state.settings import (
+    ENDPOINT_FLAGS,
+    RefedSettings,
+    add_settings_flags,
+    settings_from_args,
+)
 
 JUDGE_FLAGS = (
-    "base_url",
-    "base_urls_file",
-    "model",
-    "api_key",
-    "concurrency",
-    "fixed_concurrency",
-    "timeout",
-    "max_retries",
+    *ENDPOINT_FLAGS,
     "seed",
     "judge_base_url",
     "judge_model",
@@ -544,7 +542,7 @@ def _set_flags(p: argparse.ArgumentParser, *, many: bool = False) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m graph.judge",
+        prog="python -m judge",
         description="The metric judge on its own: score records, measure agreement with "
         "human judgements, export HEAP-style training data.",
     )

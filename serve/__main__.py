@@ -16,17 +16,15 @@ from llm.factory import llm_endpoint
 from serve.app import create_app
 from state.logs import add_secret, configure_logging
 from state.profile import ProfileError
-from state.settings import RefedSettings, add_settings_flags, settings_from_args
+from state.settings import (
+    ENDPOINT_FLAGS,
+    RefedSettings,
+    add_settings_flags,
+    settings_from_args,
+)
 
 SERVICE_FLAGS = (
-    "base_url",
-    "base_urls_file",
-    "model",
-    "api_key",
-    "concurrency",
-    "fixed_concurrency",
-    "timeout",
-    "max_retries",
+    *ENDPOINT_FLAGS,
     "feedback_mode",
     "profile",
     "judge_bar",

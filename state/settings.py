@@ -583,6 +583,19 @@ def _flag_type(annotation: Any) -> tuple[Any, list[Any] | None]:
     return str, None
 
 
+ENDPOINT_FLAGS = (
+    "base_url",
+    "base_urls_file",
+    "model",
+    "api_key",
+    "concurrency",
+    "fixed_concurrency",
+    "timeout",
+    "max_retries",
+)
+"""The settings that say which LLM to call and how (every command that calls one takes them)."""
+
+
 def add_settings_flags(
     parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None
 ) -> None:

@@ -2,8 +2,8 @@
 read from the server, and ``judge eval`` end to end on a slice of each human-judgement set.
 
 The model is tiny, so these check that the machinery works (every score an expectation
-over the scale, reports written), not how well it agrees with people; the README has the
-numbers from the one-off full run.
+over the scale, reports written), not how well it agrees with people (``refed judge eval``
+on the full sets measures that: BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ ORDER = [
     "prompts",
     "state",
 ]
-"""A package may import only those after it (docs/ARCHITECTURE.md, the README's code map)."""
+"""A package may import only those after it (as docs/ARCHITECTURE.md lists them)."""
 
 
 def _layout(tmp_path: Path) -> dict[str, Any]:

@@ -1,7 +1,6 @@
-"""Reliability under faults and bad input (issue 8), against the fault-injecting fake server.
+"""Reliability under faults and bad input, against the fault-injecting fake server.
 
-Each end-to-end test prints one ``FIGURE`` line (``pytest -s``) with what it measured;
-the README's Reliability section quotes them.
+Each end-to-end test prints one ``FIGURE`` line (``pytest -s``) with what it measured.
 """
 
 from __future__ import annotations
