@@ -20,4 +20,4 @@ unit: setup
 	$(PY) -m pytest -q -m "not vllm"
 
 test: lint
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
