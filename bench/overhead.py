@@ -105,7 +105,7 @@ def _child_refed(args: argparse.Namespace) -> dict[str, Any]:
 
         return _measure_cli(args, original_main)
 
-    import graph.local
+    import graph.batch
     import graph.run
     import llm.balancer
     from graph.checkpoint import sqlite_saver
@@ -120,7 +120,7 @@ def _child_refed(args: argparse.Namespace) -> dict[str, Any]:
 
         setattr(llm.balancer, "HTTPTransport", chat_openai)  # noqa: B010
     if args.variant in ("refed-aiosqlite", "refed-before"):
-        graph.local.sqlite_saver = functools.partial(sqlite_saver, inline=False)
+        graph.batch.sqlite_saver = functools.partial(sqlite_saver, inline=False)
     return _measure_cli(args, graph.run.main)
 
 

@@ -2,26 +2,28 @@
 runner through it and says how it went.
 
 The store follows the settings: ``--store postgresql://…`` is Postgres
-(``graph.pgstore``); otherwise the run folder, with the graph in this process
-(``graph.local``) or, for a run of several graph processes, in those
-(``graph.procpool``).
+(``graph.pgstore``); otherwise the run folder, with the graph in this process on one
+SQLite checkpoint file (:class:`LocalStore`, here) or, for a run of several graph
+processes, in those (``graph.procpool``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import prompts
 from dataset.runfolder import Manifest, RunFolder
-from graph.local import local_store
+from graph.builder import compile_graph
+from graph.checkpoint import sqlite_saver
 from graph.procpool import Forked, planned_processes, process_store
 from graph.runner import Runner, drive
-from graph.store import Store
+from graph.store import GraphThreads, Store, ThreadedStore
 from llm.client import LLMClient
+from llm.factory import run_clients
 from llm.preflight import preflight, targets
 from state.records import Reference, RunStats
 from state.settings import RefedSettings
@@ -36,6 +38,26 @@ class RunResult:
     interrupted: bool = False
     endpoints: list[dict[str, Any]] = field(default_factory=list)
     """Per-endpoint counters of the generator's client (in flight, limit, calls, ...)."""
+
+
+class LocalStore(ThreadedStore):
+    """Ledgers in the run folder, threads run here on its SQLite checkpoints."""
+
+
+@asynccontextmanager
+async def local_store(
+    settings: RefedSettings, folder: RunFolder, manifest: Manifest, client: LLMClient | None
+) -> AsyncIterator[LocalStore]:
+    """The store of a one-process run: its clients made (or ``client``, tests), the graph
+    compiled on the folder's checkpoint file (``checkpoints.sqlite``); all closed at the
+    end."""
+    clients = run_clients(settings, manifest.run_id, client)
+    try:
+        async with sqlite_saver(folder.checkpoints) as saver:
+            threads = GraphThreads(compile_graph(saver), clients, settings)
+            yield LocalStore(settings, folder, manifest, threads)
+    finally:
+        await clients.aclose()
 
 
 async def check_endpoints(settings: RefedSettings) -> None:

@@ -8,7 +8,7 @@ A :class:`Store` keeps what a run has done and is doing:
 - the **checkpoints** of the reference threads: :meth:`Store.execute` runs or resumes one;
 - the **claims** on references: :meth:`Store.claim` gives the next one to work on.
 
-Three implementations: ``graph.local.LocalStore`` (files and one SQLite checkpoint file,
+Three implementations: ``graph.batch.LocalStore`` (files and one SQLite checkpoint file,
 the graph in this process), ``graph.procpool.ProcessStore`` (files, the graph in
 several processes with a checkpoint file each) and ``graph.pgstore.PgStore`` (Postgres,
 shared by several workers); the first and the last run their threads in this process
