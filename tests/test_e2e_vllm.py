@@ -1,4 +1,4 @@
-"""End to end on the real vLLM CPU server (SmolLM2-135M): LIMA references, 2 samples each.
+"""End to end on the real vLLM CPU server (SmolLM2-135M): 3 LIMA references, 2 samples each.
 
 The model is tiny, so these tests check structure, counts and counters, not prose.
 """
@@ -28,10 +28,10 @@ PER_REFERENCE = 2
 
 
 @pytest.fixture(scope="module")
-def lima2(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first two single-turn LIMA references, as a JSONL seed file."""
-    refs = read_seeds(shared_data / "seeds" / "lima.json", limit=2)
-    path = tmp_path_factory.mktemp("seeds") / "lima2.jsonl"
+def lima3(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first three single-turn LIMA references, as a JSONL seed file."""
+    refs = read_seeds(shared_data / "seeds" / "lima.json", limit=3)
+    path = tmp_path_factory.mktemp("seeds") / "lima3.jsonl"
     path.write_text(
         "".join(
             json.dumps({"instruction": r.instruction, "response": r.response}) + "\n" for r in refs
@@ -41,7 +41,7 @@ def lima2(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("mode", ["reference", "sample", "none"])
-def test_modes_on_real_vllm(vllm_base_url: str, lima2: Path, tmp_path: Path, mode: str) -> None:
+def test_modes_on_real_vllm(vllm_base_url: str, lima3: Path, tmp_path: Path, mode: str) -> None:
     out = tmp_path / mode
     res = subprocess.run(
         [
@@ -49,7 +49,7 @@ def test_modes_on_real_vllm(vllm_base_url: str, lima2: Path, tmp_path: Path, mod
             "-m",
             "graph.run",
             "--seeds",
-            str(lima2),
+            str(lima3),
             "--base-url",
             vllm_base_url,
             "--model",
@@ -66,8 +66,6 @@ def test_modes_on_real_vllm(vllm_base_url: str, lima2: Path, tmp_path: Path, mod
             "256",
             "--temperature",
             "0.7",
-            "--repetition-penalty",
-            "1.15",
         ],
         cwd=REPO,
         capture_output=True,
@@ -79,7 +77,7 @@ def test_modes_on_real_vllm(vllm_base_url: str, lima2: Path, tmp_path: Path, mod
     samples = list(Ledger(out / "samples.jsonl").read(Sample))
     rejected = list(Ledger(out / "rejected.jsonl").read(Sample))
     done = list(Ledger(out / "references.jsonl").read(ReferenceDone))
-    assert len(done) == 2
+    assert len(done) == 3
     # Every reference that got through synthesis yields exactly PER_REFERENCE candidates
     # (or fewer if the model repeated itself), each accounted for as accepted or rejected.
     produced = {d.reference_id: d.accepted + d.rejected for d in done}
