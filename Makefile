@@ -9,7 +9,7 @@ setup:
 
 demo: setup
 	$(PY) -m graph.run --seeds examples/seeds.jsonl --out runs/demo --per-reference 2
-	$(PY) -m graph.report runs/demo
+	$(PY) -m dataset.report runs/demo
 
 lint: setup
 	$(PY) -m ruff check .
@@ -20,4 +20,4 @@ unit: setup
 	$(PY) -m pytest -q -m "not vllm"
 
 test: lint
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25

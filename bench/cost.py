@@ -26,7 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import FakeServer, machine, table, versions, write_seeds
+from bench.common import machine, table, versions
+from testing.runs import write_seeds
+from testing.servers import FakeServer
 
 MODES = ("reference", "sample", "none")
 

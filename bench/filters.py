@@ -402,9 +402,9 @@ class _Clock:
 
 
 def _near_dup(method: str, n: int, seed: int, jaccard: float, perm: int) -> dict[str, Any]:
-    from graph.quality.minhash import MinHashIndex
-    from graph.quality.rouge import RougeIndex
-    from graph.quality.text import Vocab, tokens
+    from dataset.quality.minhash import MinHashIndex
+    from dataset.quality.rouge import RougeIndex
+    from dataset.quality.text import Vocab, tokens
 
     instructions, _, planted = generate(n, seed)
     base = _rss_mb()
@@ -425,7 +425,7 @@ def _near_dup(method: str, n: int, seed: int, jaccard: float, perm: int) -> dict
         else:
             dropped.append(i)
         worst = max(worst, time.perf_counter() - t0)
-    from graph.quality.rouge import rouge_l
+    from dataset.quality.rouge import rouge_l
 
     # A planted edit is a near-duplicate by definition only if ROUGE-L with its source is
     # above 0.7 (one changed word in a 3-word instruction is not).
@@ -458,7 +458,7 @@ def _near_dup(method: str, n: int, seed: int, jaccard: float, perm: int) -> dict
 
 def _planted_benchmark_copies(count: int) -> list[str]:
     """Copies of benchmark prompts (read at run time; none are stored here)."""
-    from graph.quality.benchmarks import load_benchmarks
+    from dataset.quality.benchmarks import load_benchmarks
 
     sets = load_benchmarks([str(p) for p in sorted(BENCHMARKS.glob("*.jsonl"))])
     prompts = [p.text for b in sets for p in b.prompts]
@@ -467,8 +467,8 @@ def _planted_benchmark_copies(count: int) -> list[str]:
 
 
 def _decontam(n: int, seed: int) -> dict[str, Any]:
-    from graph.quality.benchmarks import load_benchmarks
-    from graph.quality.decontam import Decontaminator
+    from dataset.quality.benchmarks import load_benchmarks
+    from dataset.quality.decontam import Decontaminator
 
     instructions, responses, _ = generate(n, seed)
     copies = _planted_benchmark_copies(200)
@@ -504,7 +504,7 @@ def _decontam(n: int, seed: int) -> dict[str, Any]:
 
 
 def _gate(n: int, seed: int) -> dict[str, Any]:
-    from graph.quality import QualityGate
+    from dataset.quality import QualityGate
     from state.records import Judgement, Provenance, Sample
 
     instructions, responses, _ = generate(n, seed)

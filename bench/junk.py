@@ -37,8 +37,9 @@ from typing import Any
 from bench.common import REPO, machine, versions
 from dataset.embeddings import sentence_embedder
 from dataset.validity import answer_problem
-from nodes.judging import JudgeOptions, score_record
-from nodes.llm import LLMClient, openai_transport
+from judge.scoring import JudgeOptions, score_record
+from llm.client import LLMClient
+from llm.transport import openai_transport
 from nodes.metric_judge import pipeline_record
 from prompts import criteria
 

@@ -34,7 +34,8 @@ from typing import Any
 
 import httpx
 
-from bench.common import REPO, FakeServer, free_port, machine, table, versions
+from bench.common import REPO, machine, table, versions
+from testing.servers import FakeServer, free_port
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:

@@ -50,17 +50,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    REPO,
-    FakeServer,
-    cpu_pressure,
-    machine,
-    run_child,
-    rusage_self,
-    table,
-    versions,
-    write_seeds,
-)
+from bench.common import REPO, cpu_pressure, machine, run_child, rusage_self, table, versions
+from testing.runs import write_seeds
+from testing.servers import FakeServer
 
 DEPTH = 6  # analysis -> distill -> synthesis -> respond -> refine -> judge
 FEATURES = 6  # what the fake server's analysis yields: 3 subject areas + 3 skills
@@ -113,21 +105,22 @@ def _child_refed(args: argparse.Namespace) -> dict[str, Any]:
 
         return _measure_cli(args, original_main)
 
+    import graph.batch
     import graph.run
-    import nodes.balancer
+    import llm.balancer
     from graph.checkpoint import sqlite_saver
-    from nodes.llm import ChatModelTransport, openai_chat_model
+    from llm.transport import ChatModelTransport, openai_chat_model
 
-    # The variants swap one piece each, in this child only (graph.run and the balancer
-    # look both up at call time); the runner, graph and nodes are the same code.
+    # The variants swap one piece each, in this child only (the local store and the
+    # balancer look both up at call time); the runner, graph and nodes are the same code.
     if args.variant in ("refed-langchain", "refed-before"):
 
         def chat_openai(url: str, model: str, key: str, *, timeout: float) -> ChatModelTransport:
             return ChatModelTransport(openai_chat_model(url, model, key, timeout=timeout))
 
-        setattr(nodes.balancer, "HTTPTransport", chat_openai)  # noqa: B010
+        setattr(llm.balancer, "HTTPTransport", chat_openai)  # noqa: B010
     if args.variant in ("refed-aiosqlite", "refed-before"):
-        graph.run.sqlite_saver = functools.partial(sqlite_saver, inline=False)
+        graph.batch.sqlite_saver = functools.partial(sqlite_saver, inline=False)
     return _measure_cli(args, graph.run.main)
 
 
@@ -308,15 +301,14 @@ def child_main(argv: list[str]) -> None:
 
 
 class _Postgres:
-    """One throwaway cluster (tests/pgcluster.py) for the whole bench, started when needed."""
+    """One throwaway cluster (testing/pgcluster.py) for the whole bench, started when needed."""
 
     cluster: Any = None
 
     @classmethod
     def database(cls) -> str:
         if cls.cluster is None:
-            sys.path.insert(0, str(REPO))
-            from tests.pgcluster import PgCluster, find_bin
+            from testing.pgcluster import PgCluster, find_bin
 
             bin_dir = find_bin()
             if bin_dir is None:

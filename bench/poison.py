@@ -4,7 +4,7 @@ but some requests always fail, or when the endpoint is wrong.
 **Poison.** The same ``python -m graph.run`` (``--references`` x ``--per-reference``
 candidates, default 50 x 4 = 200) against the fake server at ``--latency`` (200 ms),
 first fault-free, then with ``--poison-rate`` (20 %) of the distinct requests failing
-every time they are sent (HTTP 500, keyed on the body hash: ``bench.fake_server``).
+every time they are sent (HTTP 500, keyed on the body hash: ``testing.fake_server``).
 Each run starts with a fresh run folder; ``--repeats`` alternates the two. It checks
 and reports:
 
@@ -39,18 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    REPO,
-    FakeServer,
-    blackhole,
-    free_port,
-    machine,
-    table,
-    versions,
-    write_seeds,
-)
-from graph.ledger import Ledger
+from bench.common import REPO, machine, table, versions
+from dataset.ledger import Ledger
 from state.records import ReferenceDone, Sample
+from testing.runs import write_seeds
+from testing.servers import FakeServer, blackhole, free_port
 
 
 def graph_run(args: list[str]) -> tuple[int, float, str]:

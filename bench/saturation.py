@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 
 from bench.common import REPO, machine, table, versions
-from nodes.llm import Completion, HTTPTransport, Messages, _request_body
+from llm.transport import Completion, HTTPTransport, Messages, _request_body
 
 RECORDS: list[dict[str, Any]] = []
 
@@ -122,10 +122,10 @@ def reset_prefix_cache(base_url: str) -> None:
 
 def run_refed(args: argparse.Namespace, out: Path) -> float:
     import graph.run
-    import nodes.balancer
+    import llm.balancer
 
     # The balancer builds one HTTPTransport per endpoint, looked up at call time.
-    setattr(nodes.balancer, "HTTPTransport", RecordingTransport)  # noqa: B010
+    setattr(llm.balancer, "HTTPTransport", RecordingTransport)  # noqa: B010
     argv = [
         "--seeds",
         str(args.seeds),

@@ -1,6 +1,6 @@
 """Scale-out: throughput of ``python -m graph.run`` with more endpoints and more workers.
 
-Each endpoint is a fake server (``bench.fake_server``) that processes at most
+Each endpoint is a fake server (``testing.fake_server``) that processes at most
 ``--capacity`` requests at once and holds each ``--latency`` seconds, so one endpoint
 can do ``capacity / latency`` calls a second and no more: the most a client can get out
 of N of them is N times that ("ideal"). The client's ``--concurrency`` is a cap well
@@ -8,7 +8,7 @@ above the capacity, so the per-endpoint adaptive limit has to find the level its
 
 Workers (``--workers 1,2,4``) are several ``graph.run`` processes on one run kept in
 Postgres (``--store``): give a DSN with ``--store DSN``, or ``--pg`` to start a throwaway
-cluster (``tests/pgcluster.py``; needs initdb/pg_ctl and ``pip install -e '.[postgres]'``).
+cluster (``testing/pgcluster.py``; needs initdb/pg_ctl and ``pip install -e '.[postgres]'``).
 A fresh database is used per row.
 
     python -m bench.scale --endpoints 1,2
@@ -33,7 +33,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, FakeServer, machine, table, versions, write_seeds
+from bench.common import REPO, machine, table, versions
+from testing.runs import write_seeds
+from testing.servers import FakeServer
 
 
 @contextlib.contextmanager
@@ -63,7 +65,7 @@ def postgres(dsn: str | None, start: bool) -> Iterator[Any]:
         yield None
         return
     sys.path.insert(0, str(REPO))
-    from tests.pgcluster import PgCluster, find_bin
+    from testing.pgcluster import PgCluster, find_bin
 
     bin_dir = find_bin()
     if bin_dir is None:

@@ -24,7 +24,7 @@ Measured for each size, in one fresh Chromium per repeat (the median of ``--repe
 - the JS heap once everything is read.
 
 ``--screenshot`` loads RUN_DIR's ``report/index.html`` (written by ``python -m
-graph.report RUN_DIR``; built here without plots if absent) and saves a PNG of it;
+dataset.report RUN_DIR``; built here without plots if absent) and saves a PNG of it;
 ``--view ref=ID`` or ``--view sample=ID`` shows that page of it instead of the list.
 """
 
@@ -40,8 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.browser import Chromium, Tab, chromium_version
 from bench.common import REPO, machine, table, versions
+from testing.browser import Chromium, Tab, chromium_version
 
 LIMA = REPO.parent / "shared" / "data" / "seeds" / "lima.json"
 RESULTS = REPO / "bench" / "results" / "viewer.json"
@@ -67,8 +67,8 @@ def _edit(text: str, rng: random.Random, words: list[str]) -> str:
 
 def write_synthetic_run(path: Path, n: int, *, seed: int = 0) -> Path:
     """A run folder of ``n`` candidates (4 per reference) written straight to the ledgers."""
-    from graph.ledger import Ledger
-    from graph.runfolder import Manifest
+    from dataset.ledger import Ledger
+    from dataset.runfolder import Manifest
     from state.records import (
         InstructionAnalysis,
         Judgement,
@@ -292,8 +292,8 @@ def measure_page(page: Path, *, query: str) -> dict[str, Any]:
 
 
 def measure(n: int, *, repeats: int, workdir: Path) -> dict[str, Any]:
-    from graph.dataset_stats import load_run
-    from graph.viewer import write_viewer
+    from dataset.stats import load_run
+    from dataset.viewer import write_viewer
 
     run_dir = workdir / f"run-{n}"
     started = time.perf_counter()
@@ -336,7 +336,7 @@ def measure(n: int, *, repeats: int, workdir: Path) -> dict[str, Any]:
 def screenshot(run_dir: Path, out: Path, *, view: str | None, full_page: bool) -> Path:
     page = (run_dir / "report" / "index.html").resolve()
     if not page.exists():
-        from graph.report import write_report
+        from dataset.report import write_report
 
         write_report(run_dir, plots=False)
     with Chromium() as browser:

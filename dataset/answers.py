@@ -26,11 +26,13 @@ class Screened:
 
 
 _REVISION_NOTE = re.compile(
-    r"^\W*(?:sure|certainly|okay|ok)?\W*here(?:'s| is| are)\b[^\n]{0,40}?"
-    r"\b(?:revised|improved|updated|rewritten|refined|edited|better|new)\b[^\n]{0,80}?:[ \t]*\n+",
+    r"^[^\n]{0,60}?\bhere(?:'s|\u2019s| is| are)\b[^\n]{0,40}?"
+    r"\b(?:revised|improved|updated|rewritten|refined|edited|better|new|more detailed|expanded"
+    r"|clearer|polished)\b[^\n]{0,80}?:[ \t]*\n+",
     re.IGNORECASE,
 )
-"""A first line that announces a rewrite ("Here's a revised version of the advice:")."""
+"""A first line that announces a rewrite ("Here's a revised version of the advice:",
+"Great! Here is a more detailed response:")."""
 
 
 def without_revision_note(text: str) -> str:

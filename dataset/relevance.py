@@ -11,10 +11,22 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from dataset.embeddings import similarity
+from dataset.embeddings import BaseModelMissing, base_folder, similarity
 from state.records import QualityFilter
 
 _LOCK = threading.Lock()
+
+
+def require_model(relevance_min: float | None) -> None:
+    """With a relevance check (``relevance_min`` set), its embedding model must be
+    installed: :class:`BaseModelMissing` says so before a run starts."""
+    if relevance_min is not None:
+        try:
+            base_folder()
+        except BaseModelMissing as exc:
+            raise BaseModelMissing(
+                f"relevance_min is set, but {exc}; or unset relevance_min"
+            ) from None
 
 
 def _similarity(request: str, answer: str) -> float:

@@ -4,6 +4,8 @@
 a Hugging Face folder in the cache); ``EmbeddedServer`` runs vLLM on a loopback port and exposes an
 OpenAI-compatible ``base_url``. Importing this package is cheap: torch, transformers and vLLM are
 only needed (the ``cpu`` extra) when preparing weights or starting the server.
+
+This package imports no other package of Refed; ``llm`` starts it when no endpoint is given.
 """
 
 from .server import (

@@ -24,7 +24,7 @@ run folder's ``samples.jsonl``, ``rejected.jsonl``, ``feedback.jsonl`` and
 ``references.jsonl`` (replaced atomically), so the run folder looks like an embedded run's;
 ``python -m graph.pgstore --store … --out …`` exports at any time.
 
-Near-duplicate control (graph/quality) loads the run's samples from the database at start
+Near-duplicate control (dataset/quality) loads the run's samples from the database at start
 and adds the other workers' accepted samples as each reference of its own finishes; two
 near-duplicates made in the same moment by two workers can both be kept.
 """
@@ -41,7 +41,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,27 +62,25 @@ except ImportError as exc:  # pragma: no cover - the message names the extra to 
     ) from exc
 
 import prompts
+from dataset.ledger import LedgerError
+from dataset.quality import QualityGate
+from dataset.quality.gate import QUALITY_FILE
+from dataset.runfolder import Manifest, RunConfigMismatch, RunFolder, new_manifest
 from graph.builder import compile_graph
 from graph.checkpoint import serializer
-from graph.ledger import LedgerError
-from graph.logs import add_secret, redact
-from graph.progress import Progress
-from graph.quality import QualityGate
-from graph.quality.gate import QUALITY_FILE
-from graph.run import (
-    Runner,
-    RunResult,
-    _client_from_settings,
+from graph.store import (
+    Ending,
+    GraphThreads,
+    Held,
+    ThreadedStore,
     default_workers,
-    release_clients,
     run_status,
     stopped_line,
-    wire_clients,
+    target_reached,
 )
-from graph.runfolder import Manifest, RunConfigMismatch, RunFolder, new_manifest
-from nodes.balancer import endpoint_stats
-from nodes.llm import LLMClient
-from nodes.stops import RunStop
+from llm.client import LLMClient
+from llm.factory import run_clients
+from state.logs import add_secret, redact
 from state.records import Reference, ReferenceDone, ReferenceFeedback, RunStats, Sample, Usage
 from state.settings import RefedSettings, redact_dsn
 
@@ -598,31 +596,43 @@ def _write_line(fh: IO[str], record: Any) -> None:
     fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
-class PgRunner(Runner):
-    """The runner with references claimed from Postgres instead of a local queue."""
+class PgStore(ThreadedStore):
+    """References claimed from Postgres under leases, ledgers committed there per reference,
+    threads run here on Postgres checkpoints."""
 
     folder: PgRunFolder
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        settings: RefedSettings,
+        folder: PgRunFolder,
+        manifest: Manifest,
+        threads: GraphThreads,
+    ) -> None:
+        super().__init__(settings, folder, manifest, threads)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.folder.owner = self.owner
-        self.lease = float(self.settings.store_lease)
-        self._held: dict[str, asyncio.Task[None]] = {}
-        """References being processed here, with the task processing each."""
-        self._lost: set[str] = set()
+        self.lease = float(settings.store_lease)
 
-    async def process(self, ref: Reference) -> None:
-        await super().process(ref)
-        await self.folder.commit(ref.id, self.gate)
+    # --- claims ---------------------------------------------------------------------
+    async def plan(self, references: Sequence[Reference]) -> int:
+        return await self.folder.remaining()
+
+    async def claim(self) -> Reference | None:
+        """A claimed reference; waits while others hold some; None when nothing is left."""
+        try:
+            return await self._next()
+        except psycopg.Error as exc:  # the store is away: stop, the leases run out
+            gone = StoreUnavailable(f"the store is unavailable: {redact(str(exc))}")
+            arm_exit(gone)
+            raise gone from exc
 
     async def _next(self) -> Reference | None:
-        """A claimed reference; waits while others hold some; None when nothing is left."""
         poll = min(1.0, self.lease / 4)
         while True:
             if self.settings.samples is not None:  # the others' samples count too
                 await self.folder.refresh_counts()
-            if self._target_reached():
+            if target_reached(self.settings, self.folder):
                 return None
             claimed = await self.folder.claim(self.owner, self.lease)
             if claimed is not None:
@@ -634,38 +644,13 @@ class PgRunner(Runner):
                 return None
             await asyncio.sleep(poll)  # a dead worker's leases run out, or the others finish
 
-    async def slot(self) -> None:
-        """One reference at a time, through ``Runner.worker`` (its error handling, progress)."""
-        while not self._target_reached():
-            try:
-                ref = await self._next()
-            except psycopg.Error as exc:  # the store is away: stop, the leases run out
-                gone = StoreUnavailable(f"the store is unavailable: {redact(str(exc))}")
-                arm_exit(gone)
-                raise gone from exc
-            if ref is None:
-                return
-            queue: asyncio.Queue[Reference] = asyncio.Queue()
-            queue.put_nowait(ref)
-            task = asyncio.create_task(self.worker(queue))
-            self._held[ref.id] = task
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if ref.id not in self._lost or (current is not None and current.cancelling()):
-                    raise
-                log.warning("reference_lease_lost", reference_id=ref.id, owner=self.owner)
-            finally:
-                self._held.pop(ref.id, None)
-                self._lost.discard(ref.id)
-
-    async def heartbeat(self, slots: list[asyncio.Task[None]]) -> None:
+    async def keep_claims(self, slots: Sequence[asyncio.Task[None]], held: Held) -> None:
         """Renew the leases every third of a lease while any slot works.
 
         A beat that fails is tried again at the next one; when no beat has succeeded for a
         whole lease, the leases are gone (other workers may take the references over), so
-        the worker stops with :class:`StoreUnavailable` rather than wait for the store.
+        the worker stops with :class:`StoreUnavailable` rather than wait for the store. A
+        reference another worker now owns (this one stalled past its lease) is dropped.
         """
         renewed = time.monotonic()
         while True:
@@ -673,8 +658,7 @@ class PgRunner(Runner):
             if all(slot.done() for slot in slots):
                 return
             try:
-                held = set(self._held)
-                lost = await self.folder.renew(self.owner, self.lease, held)
+                lost = await self.folder.renew(self.owner, self.lease, set(held.tasks))
             except Exception as exc:  # the store is away: the next beat tries again
                 log.warning("heartbeat_failed", error=redact(repr(exc)))
                 if time.monotonic() - renewed > self.lease:
@@ -687,51 +671,54 @@ class PgRunner(Runner):
                 continue
             renewed = time.monotonic()
             for ref_id in lost:
-                task = self._held.get(ref_id)
-                if task is not None and not task.done():
-                    self._lost.add(ref_id)
-                    task.cancel()
+                held.drop(ref_id)
 
-    async def run(self, references: list[Reference]) -> None:
-        self.gate = QualityGate.from_settings(self.settings)
-        if self.gate is not None:
-            self.gate.path = self.folder.path / QUALITY_FILE
-            await self.folder.samples_for_gate(self.gate, references)
-            self.gate.write_summary()
-        todo = await self.folder.remaining()
-        if len(references) - todo:
-            print(
-                f"resuming: {len(references) - todo} references already done, {todo} to go",
-                file=sys.stderr,
-            )
-        self.progress = Progress(todo, self.meter())
-        store_away = False
+    # --- ledgers --------------------------------------------------------------------
+    async def open_gate(self, references: Sequence[Reference]) -> QualityGate | None:
+        """The gate loaded with the seeds and every worker's samples in the store."""
+        gate = QualityGate.from_settings(self.settings)
+        if gate is not None:
+            gate.path = self.folder.path / QUALITY_FILE
+            await self.folder.samples_for_gate(gate, list(references))
+            gate.write_summary()
+        return gate
+
+    async def commit(self, reference_id: str, gate: QualityGate | None) -> None:
+        await self.folder.commit(reference_id, gate)
+
+    async def finish(self, ending: Ending) -> None:
+        """Give back what this worker holds, export the store's ledgers to the run folder
+        and write ``run.json``; with the store away, ``run.json`` only."""
+        folder, manifest, stopped_by = self.folder, self.manifest, ending.stopped_by
         try:
-            n = min(default_workers(self.settings), max(1, todo))
-            async with asyncio.TaskGroup() as tg:
-                slots = [tg.create_task(self.slot()) for _ in range(n)]
-                tg.create_task(self.heartbeat(slots))
-        except ExceptionGroup as group:  # the first run-stopping error, alone (as Runner.run)
-            fatal = group.subgroup((RunStop, LedgerError))
-            if fatal is None:
-                raise
-            first: BaseException = fatal
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            store_away = isinstance(first, StoreUnavailable)
-            raise first from None
-        finally:
-            self.progress.close()
-            self.write_quality()
+            if isinstance(stopped_by, StoreUnavailable):
+                raise stopped_by  # no release, no export: write run.json only
             try:
-                if store_away:
-                    raise StoreUnavailable("the store is unavailable")
-                released = await asyncio.shield(self.folder.release(self.owner))
+                released = await asyncio.shield(folder.release(self.owner))
             except Exception as exc:  # the leases run out anyway
                 log.warning("release_failed", error=redact(repr(exc)))
             else:
                 if released:
                     log.info("references_released", references=released)
+            await asyncio.shield(self._export(ending))
+        except (psycopg.Error, OSError, StoreUnavailable) as exc:  # keep the first error
+            log.error("export_failed", error=redact(str(exc)))
+            arm_exit(LedgerError(f"cannot export the run: {redact(str(exc))}"))
+            manifest.status = "storage_error"
+            with contextlib.suppress(OSError):
+                folder.write_manifest(manifest)
+            if stopped_by is None and not ending.interrupted:
+                raise LedgerError(f"cannot export the run: {redact(str(exc))}") from exc
+
+    async def _export(self, ending: Ending) -> None:
+        folder, manifest = self.folder, self.manifest
+        await folder.refresh()
+        await folder.export()
+        manifest.stats = folder.stats(ending.requests)
+        left = await folder.remaining()
+        done = left == 0 or target_reached(self.settings, folder)
+        manifest.status = run_status(ending.interrupted, done, ending.stopped_by)
+        folder.write_manifest(manifest)
 
 
 def pool_size(settings: RefedSettings) -> int:
@@ -739,25 +726,15 @@ def pool_size(settings: RefedSettings) -> int:
     return min(default_workers(settings), 16) + 2
 
 
-async def run_batch_pg(
-    settings: RefedSettings,
-    references: list[Reference],
-    *,
-    base_url: str | None = None,
-    client: LLMClient | None = None,
-) -> RunResult:
-    """``run_batch`` with the store in Postgres: join (or start) the run named by ``--out``."""
+@asynccontextmanager
+async def pg_store(
+    settings: RefedSettings, references: Sequence[Reference], client: LLMClient | None
+) -> AsyncIterator[PgStore]:
+    """Join (or start) the run named by ``--out`` in the store: its clients made (or
+    ``client``, tests), the graph compiled on Postgres checkpoints; all closed at the end."""
     assert settings.store is not None
     add_secret(_password(settings.store))
-    base_url = base_url or settings.base_url
-    if client is None:
-        if base_url is None:
-            raise ValueError("run_batch needs a base_url or a client")
-        client = _client_from_settings(settings, base_url, settings.model)
-    judge_key: str | None = None
-    judge_client: LLMClient | None = None
-    key: str | None = None
-    interrupted = False
+    clients = None
     try:
         async with open_pool(settings.store, max_size=pool_size(settings)) as pool:
             saver = AsyncPostgresSaver(pool, serde=serializer())
@@ -766,59 +743,17 @@ async def run_batch_pg(
                 pool,
                 settings,
                 prompts.versions(),
-                references,
+                list(references),
                 model=settings.model,
-                base_url=base_url,
+                base_url=settings.base_url,
             )
             log.info("store_joined", store=redact_dsn(settings.store), run_id=manifest.run_id)
-            key, judge_key, judge_client, context = wire_clients(
-                settings, base_url, client, manifest.run_id
-            )
-            runner = PgRunner(
-                compile_graph(saver), folder, manifest, context, settings, client, judge_client
-            )
-            stopped_by: BaseException | None = None
-            try:
-                await runner.run(references)
-            except asyncio.CancelledError:
-                interrupted = True
-                raise
-            except (RunStop, LedgerError) as exc:
-                stopped_by = exc
-                raise
-            finally:
-                try:
-                    if isinstance(stopped_by, StoreUnavailable):
-                        raise stopped_by  # no export: write run.json only
-                    await asyncio.shield(_finish(runner, folder, manifest, interrupted, stopped_by))
-                except (psycopg.Error, OSError, StoreUnavailable) as exc:  # keep the first error
-                    log.error("export_failed", error=redact(str(exc)))
-                    arm_exit(LedgerError(f"cannot export the run: {redact(str(exc))}"))
-                    manifest.status = "storage_error"
-                    with contextlib.suppress(OSError):
-                        folder.write_manifest(manifest)
-                    if stopped_by is None and not interrupted:
-                        raise LedgerError(f"cannot export the run: {redact(str(exc))}") from exc
+            clients = run_clients(settings, manifest.run_id, client)
+            threads = GraphThreads(compile_graph(saver), clients, settings)
+            yield PgStore(settings, folder, manifest, threads)
     finally:
-        await release_clients(key, judge_key, client, judge_client)
-    return RunResult(
-        settings.out, manifest, manifest.stats, runner.failed, interrupted, endpoint_stats(client)
-    )
-
-
-async def _finish(
-    runner: PgRunner,
-    folder: PgRunFolder,
-    manifest: Manifest,
-    interrupted: bool,
-    stopped_by: BaseException | None,
-) -> None:
-    await folder.refresh()
-    await folder.export()
-    manifest.stats = folder.stats(runner.requests())
-    left = await folder.remaining()
-    manifest.status = run_status(interrupted, left == 0 or runner._target_reached(), stopped_by)
-    folder.write_manifest(manifest)
+        if clients is not None:
+            await clients.aclose()
 
 
 def _password(dsn: str) -> str | None:

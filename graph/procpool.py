@@ -34,20 +34,23 @@ import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import pydantic_core
 import structlog
 
-from graph.ledger import LedgerError
-from graph.run import Runner, RunResult, default_workers, drive
-from graph.runfolder import Manifest, RunFolder, default_processes
-from nodes.circuit import CircuitOpen
-from nodes.llm import Meter
-from nodes.stops import ServerRefused
-from state.context import RefedContext
+from dataset.ledger import LedgerError
+from dataset.runfolder import Manifest, RunFolder
+from graph.builder import compile_graph
+from graph.checkpoint import sqlite_saver
+from graph.store import OnUpdate, Store, default_workers, run_thread, storage_error
+from llm.circuit import CircuitOpen
+from llm.client import Meter
+from llm.factory import RunClients, endpoint_stats, run_clients
+from llm.stops import ServerRefused
+from state.logs import add_secret, configure_logging
 from state.records import Reference
 from state.settings import RefedSettings
 
@@ -57,8 +60,11 @@ LINE_LIMIT = 1 << 26
 """Longest JSON line either side reads (a reference's final state with all its candidates)."""
 CLOSE_GRACE = 5.0
 """Seconds a child gets to exit after its stdin closes before it is killed."""
-
-OnUpdate = Callable[[str, dict[str, Any]], None]
+PER_PROCESS_IN_FLIGHT = 32
+"""Requests in flight per graph process by default. At about 2.5 ms of CPU per call one
+process is most of a core busy from 64 in flight at 200 ms, and two processes measured
+1.10x of ideal there against 1.14x for one (python -m bench.overhead --clients refed-p1
+refed-p2)."""
 
 
 class GraphProcessDied(LedgerError):
@@ -159,9 +165,19 @@ def discard(children: list[Forked]) -> None:
             os.waitpid(child.pid, 0)
 
 
+def default_processes(settings: RefedSettings) -> int:
+    """Graph processes for a new run without ``--processes``: one per
+    :data:`PER_PROCESS_IN_FLIGHT` requests in flight, at most one per usable core."""
+    if settings.store:
+        return 1  # Postgres runs scale by workers (graph/pgstore.py)
+    budget = settings.concurrency * max(1, len(settings.base_urls))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, budget // PER_PROCESS_IN_FLIGHT))
+
+
 def planned_processes(settings: RefedSettings) -> int:
     """The graph processes this run will have: the flag, else the run folder's, else the
-    default for its in-flight budget (graph.runfolder.default_processes)."""
+    default for its in-flight budget (:func:`default_processes`)."""
     if settings.processes:
         return settings.processes
     path = settings.out / "run.json"
@@ -364,56 +380,57 @@ def merged_endpoints(processes: list[GraphProcess]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-class ShardedRunner(Runner):
-    """A :class:`Runner` whose references run in graph processes; the ledgers stay here."""
+class ProcessStore(Store):
+    """The run folder's ledgers here, the reference threads in graph processes, each on its
+    own checkpoint file."""
 
     def __init__(
         self,
+        settings: RefedSettings,
         folder: RunFolder,
         manifest: Manifest,
-        context: RefedContext,
-        settings: RefedSettings,
         processes: list[GraphProcess],
         started: dict[str, int],
     ) -> None:
-        super().__init__(None, folder, manifest, context, settings, None)
+        super().__init__(settings, folder, manifest)
         self.processes = processes
         self.started = started
         self._meter = Meter()
         self._load = [0] * len(processes)
 
-    def meter(self) -> Meter:
-        return merged_meter(self.processes, self._meter)
-
-    async def execute(self, ref: Reference) -> dict[str, Any]:
+    async def execute(self, ref: Reference, on_update: OnUpdate) -> dict[str, Any]:
+        """The process whose checkpoint file holds ``ref``'s thread runs it; a fresh
+        reference goes to the least loaded one."""
         shard = self.started.get(ref.id)
-        if shard is None:  # a fresh reference: the least loaded process
+        if shard is None:
             shard = min(range(len(self.processes)), key=self._load.__getitem__)
         self._load[shard] += 1
         try:
-            return await self.processes[shard].run(
-                ref, lambda node, update: self.on_update(ref, node, update)
-            )
+            return await self.processes[shard].run(ref, on_update)
         finally:
             self._load[shard] -= 1
             self.meter()
 
+    def meter(self) -> Meter:
+        return merged_meter(self.processes, self._meter)
 
-async def run_in_processes(
-    settings: RefedSettings,
-    references: list[Reference],
-    folder: RunFolder,
-    manifest: Manifest,
-    base_url: str,
-    forked: list[Forked],
-) -> RunResult:
-    """Run (or resume) the batch with ``manifest.processes`` graph processes (forked ahead
-    where ``forked`` has them, else started now)."""
+    def requests(self) -> int:
+        return self.meter().requests
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        return merged_endpoints(self.processes)
+
+
+@contextlib.asynccontextmanager
+async def process_store(
+    settings: RefedSettings, folder: RunFolder, manifest: Manifest, forked: list[Forked]
+) -> AsyncIterator[ProcessStore]:
+    """The store of a run with ``manifest.processes`` graph processes (forked ahead where
+    ``forked`` has them, else started now); they are closed at the end."""
     n = manifest.processes
     config = {
         "settings": child_settings(settings, n).model_dump(mode="json"),
         "api_key": settings.api_key.get_secret_value(),
-        "base_url": base_url,
         "run_id": manifest.run_id,
     }
     started = started_threads(folder, n, manifest.run_id)
@@ -428,19 +445,9 @@ async def run_in_processes(
         for failure in started_up:
             if isinstance(failure, BaseException):
                 raise failure
-        context = RefedContext.from_settings(settings, base_url=base_url, run_id=manifest.run_id)
-        runner = ShardedRunner(folder, manifest, context, settings, processes, started)
-        interrupted = await drive(runner, references)
+        yield ProcessStore(settings, folder, manifest, processes, started)
     finally:
         await asyncio.gather(*(p.close() for p in processes), return_exceptions=True)
-    return RunResult(
-        settings.out,
-        manifest,
-        manifest.stats,
-        runner.failed,
-        interrupted,
-        merged_endpoints(processes),
-    )
 
 
 def _line(msg: dict[str, Any]) -> bytes:
@@ -450,10 +457,10 @@ def _line(msg: dict[str, Any]) -> bytes:
 # ---------------------------------------------------------------------------- the child
 
 
-def _meter(client: Any, judge: Any) -> dict[str, Any]:
-    m = client.meter
+def _meter(clients: RunClients) -> dict[str, Any]:
+    m = clients.generator.meter
     return {
-        "requests": m.requests + (judge.meter.requests if judge is not None else 0),
+        "requests": clients.requests,
         "failed": m.failed,
         "prompt_tokens": m.prompt_tokens,
         "completion_tokens": m.completion_tokens,
@@ -462,33 +469,20 @@ def _meter(client: Any, judge: Any) -> dict[str, Any]:
 
 
 async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
-    from graph.builder import compile_graph
-    from graph.checkpoint import sqlite_saver
-    from graph.logs import add_secret, configure_logging
-    from graph.run import (
-        _client_from_settings,
-        _storage_error,
-        release_clients,
-        run_thread,
-        wire_clients,
-    )
-    from nodes.balancer import endpoint_stats
-
     api_key = config["api_key"]
     settings = RefedSettings.model_validate({**config["settings"], "api_key": api_key})
     add_secret(api_key)
     configure_logging(settings.out / "log.jsonl", level=settings.log_level)
-    base_url, run_id, shard = config["base_url"], config["run_id"], config["shard"]
+    run_id, shard = config["run_id"], config["shard"]
     structlog.contextvars.bind_contextvars(graph_process=shard)  # on every log line
-    client = _client_from_settings(settings, base_url, settings.model)
-    key, judge_key, judge_client, context = wire_clients(settings, base_url, client, run_id)
+    clients = run_clients(settings, run_id)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), inp)
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, out)
 
     def send(msg: dict[str, Any]) -> None:
-        msg["meter"] = _meter(client, judge_client)
+        msg["meter"] = _meter(clients)
         transport.write(_line(msg))
 
     saver_path = RunFolder(settings.out).checkpoint_shard(shard)
@@ -502,7 +496,7 @@ async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
 
                 try:
                     values = await run_thread(
-                        app, ref, run_id, context, settings.durability, on_update
+                        app, ref, run_id, clients.context, settings.durability, on_update
                     )
                 except CircuitOpen as exc:
                     send(
@@ -525,7 +519,7 @@ async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
                         }
                     )
                 except Exception as exc:
-                    if _storage_error(exc):
+                    if storage_error(exc):
                         error = f"cannot write {saver_path}: {exc}"
                         send({"kind": "fatal", "what": "storage", "error": error})
                     else:
@@ -537,7 +531,7 @@ async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
                             "kind": "final",
                             "ref": ref.id,
                             "values": values,
-                            "endpoints": endpoint_stats(client),
+                            "endpoints": endpoint_stats(clients.generator),
                         }
                     )
 
@@ -552,14 +546,22 @@ async def _serve(config: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        await release_clients(key, judge_key, client, judge_client)
+        await clients.aclose()
         transport.close()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (less CPU per LLM call), else asyncio's: the
+    run's process and each graph process run on one."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _child_main(inp: BinaryIO, out: BinaryIO) -> int:
     """A graph process: read the config, serve references until the input closes."""
-    from graph.run import new_event_loop
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     first = inp.readline()  # the parent sends nothing more before "ready": no read-ahead
     if not first:

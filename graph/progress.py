@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from tqdm import tqdm
 
-from nodes.llm import Meter
+from llm.client import Meter
 
 log = structlog.get_logger("refed.progress")
 

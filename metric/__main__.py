@@ -191,9 +191,9 @@ def llm_endpoint(args: argparse.Namespace, out: Path) -> Iterator[Endpoint]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from graph.logs import configure_logging
     from metric.bases import BASES
     from metric.experiment import RunConfig, run
+    from state.logs import configure_logging
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     unknown = [t for t in tasks if t not in TASKS]

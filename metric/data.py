@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import prompts
-from graph.judge_sets import BUILTIN, HumanSet, load_items, load_pairs
+from judge.sets import BUILTIN, HumanSet, load_items, load_pairs
 from metric.text import Field
 from state.criteria import CriteriaSet, Criterion, parse_criteria
 from state.judgements import Vote

@@ -27,10 +27,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from graph.judge_eval import agreement_levels, pairwise_agreement
-from graph.judge_sets import HumanSet, read_records
-from graph.quality.rouge import rouge_l
-from graph.quality.text import tokens
+from dataset.quality.rouge import rouge_l
+from dataset.quality.text import tokens
+from judge.evaluate import agreement_levels, pairwise_agreement
+from judge.sets import HumanSet, read_records
 from metric.data import Example, Pair
 from state.judgements import Vote
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from graph.judge_sets import SHARED_DATA
+from judge.sets import SHARED_DATA
 
 LIMA = SHARED_DATA / "seeds" / "lima.json"
 
@@ -104,7 +104,7 @@ def make_ask_back(instruction: str, rng: random.Random, phrasings: Sequence[str]
 
 def lima_pairs(path: Path = LIMA) -> list[tuple[str, str, str]]:
     """(request, answer, source) for every single-turn record of a LIMA-style file."""
-    from graph.seeds import read_seeds
+    from dataset.seeds import read_seeds
 
     refs = read_seeds(path, on_bad_record="skip", log=lambda *a, **k: None)
     return [(r.instruction, r.response, r.source or r.id) for r in refs]

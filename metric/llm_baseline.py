@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graph.judge_eval import compare_pairs, score_items
-from graph.judge_sets import HumanItem, HumanPair, HumanSet, load_items, load_pairs
+from judge.evaluate import compare_pairs, score_items
+from judge.scoring import JudgeOptions
+from judge.sets import HumanItem, HumanPair, HumanSet, load_items, load_pairs
+from llm.client import LLMClient
 from metric.data import Example, Pair, unit
-from nodes.judging import JudgeOptions
-from nodes.llm import LLMClient
 from state.criteria import CriteriaSet
 from state.judgements import Vote
 
@@ -163,7 +163,7 @@ def make_llm_client(cfg: LLMConfig) -> LLMClient | None:
     """The judge's client layer (nodes.llm) on the configured server; None: no server."""
     if not cfg.base_url:
         return None
-    from graph.judge import make_client
+    from llm.factory import judge_client as make_client
     from state.settings import RefedSettings
 
     settings = RefedSettings(base_url=cfg.base_url, model=cfg.model, concurrency=cfg.concurrency)

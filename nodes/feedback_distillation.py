@@ -11,7 +11,8 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 import prompts
-from nodes.llm import LLMError, client_for, derive_seed
+from llm.client import LLMError, derive_seed
+from llm.factory import client_for
 from state.context import RefedContext
 from state.graph_state import ReferenceState
 from state.llm_outputs import DistilledFeedbackOut

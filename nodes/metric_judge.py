@@ -20,8 +20,10 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 import prompts
-from nodes.judging import Judged, JudgeOptions, compare, score_record
-from nodes.llm import LLMError, judge_client_for
+from judge.scoring import Judged, JudgeOptions, compare, score_record
+from llm.client import LLMError
+from llm.factory import judge_client_for
+from metric.node import encoder_compare, encoder_score
 from state.context import RefedContext
 from state.criteria import CriteriaError, CriteriaSet
 from state.graph_state import CandidateState
@@ -60,17 +62,21 @@ def pipeline_record(
     return {f: available[f] for f in cset.fields}
 
 
+def _encoder_problem(folder: str | None, exc: Exception) -> str:
+    """``encoder FOLDER: what went wrong``, the folder named once."""
+    said = str(exc) or type(exc).__name__
+    return f"encoder: {said}" if folder and folder in said else f"encoder {folder}: {said}"
+
+
 async def judge_scores(
     ctx: RefedContext, cset: CriteriaSet, record: dict[str, str], seed_parts: Sequence[object]
 ) -> Judged[PointwiseResult]:
     """``record`` scored by the configured judge (an LLM, or the metric encoder)."""
     if ctx.judge_backend == "encoder":  # the trained metric model (metric/), no LLM
-        from metric.node import encoder_score
-
         try:
             return Judged(await encoder_score(ctx, cset, record), Usage())
         except Exception as exc:  # recorded on the candidate, never raised through the fan-out
-            raise LLMError("config", f"encoder {ctx.judge_encoder}: {exc!r}") from exc
+            raise LLMError("config", _encoder_problem(ctx.judge_encoder, exc)) from exc
     client = judge_client_for(ctx)
     return await score_record(
         client,
@@ -93,12 +99,10 @@ async def judge_compare(
 ) -> Judged[PairwiseVerdict]:
     """The improved response ``second`` against ``first``, by the configured judge."""
     if ctx.judge_backend == "encoder":
-        from metric.node import encoder_compare
-
         try:
             return Judged(await encoder_compare(ctx, cset, record, first, second_mean), Usage())
         except Exception as exc:
-            raise LLMError("config", f"encoder {ctx.judge_encoder}: {exc!r}") from exc
+            raise LLMError("config", _encoder_problem(ctx.judge_encoder, exc)) from exc
     client = judge_client_for(ctx)
     opts = JudgeOptions.from_context(ctx)
     return await compare(client, cset, record, first, second, opts, seed_parts=seed_parts)
@@ -159,7 +163,8 @@ async def metric_judge(state: CandidateState, runtime: Runtime[RefedContext]) ->
             verdict = pair.value
             passed = verdict.winner == "second"
     except LLMError as exc:
-        return {"usage": usage + exc.usage, "error": f"metric_judge: {exc}"}
+        said = exc.message if exc.kind == "config" else str(exc)
+        return {"usage": usage + exc.usage, "error": f"metric_judge: {said}"}
     judgement = judgement_of(result, cset, passed, verdict, threshold)
     return {"usage": usage, "judgement": judgement, "judge_notes": result.rationale}
 

@@ -14,7 +14,8 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 import prompts
-from nodes.llm import LLMError, client_for, derive_seed
+from llm.client import LLMError, derive_seed
+from llm.factory import client_for
 from nodes.reference_judge import judge_reference, needs_reference_score
 from state.context import RefedContext
 from state.graph_state import ReferenceState

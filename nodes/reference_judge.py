@@ -19,7 +19,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 import prompts
-from nodes.llm import LLMError
+from llm.client import LLMError
 from nodes.metric_judge import judge_scores, judgement_of, pipeline_record
 from state.context import RefedContext
 from state.criteria import CriteriaError

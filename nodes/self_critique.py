@@ -18,7 +18,8 @@ from langgraph.runtime import Runtime
 
 import prompts
 from dataset.answers import screen_answer
-from nodes.llm import LLMError, client_for, derive_seed
+from llm.client import LLMError, derive_seed
+from llm.factory import client_for
 from state.context import RefedContext
 from state.graph_state import CandidateState
 from state.llm_outputs import SampleFeedbackOut

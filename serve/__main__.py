@@ -11,22 +11,20 @@ import uvicorn
 
 import prompts
 from dataset.embeddings import BaseModelMissing
-from graph.endpoint import llm_endpoint
-from graph.logs import add_secret, configure_logging
-from graph.run import check_relevance_model
+from dataset.relevance import require_model
+from llm.factory import llm_endpoint
 from serve.app import create_app
+from state.logs import add_secret, configure_logging
 from state.profile import ProfileError
-from state.settings import RefedSettings, add_settings_flags, settings_from_args
+from state.settings import (
+    ENDPOINT_FLAGS,
+    RefedSettings,
+    add_settings_flags,
+    settings_from_args,
+)
 
 SERVICE_FLAGS = (
-    "base_url",
-    "base_urls_file",
-    "model",
-    "api_key",
-    "concurrency",
-    "fixed_concurrency",
-    "timeout",
-    "max_retries",
+    *ENDPOINT_FLAGS,
     "feedback_mode",
     "profile",
     "judge_bar",
@@ -52,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     settings: RefedSettings = settings_from_args(parser.parse_args(argv))
     try:  # the same profile as the batch job: the embedded model's when none is given
         settings = prompts.resolve_profile(settings)
-        check_relevance_model(settings)
+        require_model(settings.relevance_min)
     except (ProfileError, BaseModelMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -60,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     if settings.service_token is not None:
         add_secret(settings.service_token.get_secret_value())
     configure_logging(None, level=settings.log_level, console_level=settings.log_level)
-    with llm_endpoint(settings, settings.service_db.parent) as (base_url, model):
-        app = create_app(settings, base_url=base_url, model=model)
+    with llm_endpoint(settings, settings.service_db.parent) as settings:
+        app = create_app(settings, base_url=settings.base_url or "", model=settings.model)
         print(
-            f"refed service on http://{settings.host}:{settings.port} (LLM: {base_url})",
+            f"refed service on http://{settings.host}:{settings.port} (LLM: {settings.base_url})",
             file=sys.stderr,
             flush=True,
         )

@@ -11,7 +11,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 
 import prompts
-from graph.quality import QualityGate
+from dataset.quality import QualityGate
 from serve.feedback_cache import FeedbackStore
 from state.api import SynthesizeRequest, SynthesizeResponse
 from state.context import RefedContext

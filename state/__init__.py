@@ -1,4 +1,10 @@
-"""Records, graph state, runtime context and settings: the types everything else shares."""
+"""The types everything else shares: records (:mod:`state.records`), the graph state, the
+runtime context, the settings (:mod:`state.settings`, the one place URL lists are split),
+generation profiles, criteria sets, the judge's results, the LLM's output schemas and
+their line form, the service's request and response bodies, and logging.
+
+This package imports no other package of Refed; every other one may import it.
+"""
 
 from state.context import RefedContext
 from state.graph_state import CandidateState, ReferenceState

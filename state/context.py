@@ -3,8 +3,9 @@
 Plain values only, so LangGraph Studio can show and edit it. Defaults come from
 :class:`state.settings.RefedSettings` (environment, config file), so Studio, the
 batch runner and the service agree. The LLM client itself is not in the context:
-nodes get it from ``nodes.llm.client_for(context)``, which builds one per endpoint
-or returns one registered under ``client_key`` (the runner, the service and tests).
+nodes get it from ``llm.factory.client_for(context)``, which returns the one registered
+under ``client_key`` (the runner, the service and tests) or, in Studio, makes one per
+endpoint.
 """
 
 from __future__ import annotations

@@ -266,8 +266,10 @@ class RefedSettings(BaseSettings):
     )
 
     # --- the metric judge ---------------------------------------------------------------
-    judge_base_url: str | None = Field(
-        default=None, description="The judge's own endpoint (…/v1); default: the generator's."
+    judge_base_url: Annotated[str | None, BeforeValidator(_url_list)] = Field(
+        default=None,
+        description="The judge's own endpoint (…/v1), or several separated by commas; "
+        "default: the generator's.",
     )
     judge_model: str | None = Field(
         default=None, description="The judge's model; default: the generator's."
@@ -348,7 +350,7 @@ class RefedSettings(BaseSettings):
         "after it.",
     )
 
-    # --- quality gates (graph/quality) ----------------------------------------------------
+    # --- quality gates (dataset/quality) ----------------------------------------------------
     near_dup: Literal["rouge-l", "minhash", "off"] = Field(
         default="rouge-l",
         description="Near-duplicate control of new instructions against kept ones and the "
@@ -443,12 +445,20 @@ class RefedSettings(BaseSettings):
     def _check_base_urls(self) -> RefedSettings:
         for url in endpoint_urls(self.base_url):
             check_endpoint(url, "base_url")
+        for url in endpoint_urls(self.judge_base_url):
+            check_endpoint(url, "judge_base_url")
         return self
 
     @property
     def base_urls(self) -> list[str]:
-        """Every configured endpoint (empty: the embedded server)."""
+        """Every configured endpoint (empty: the embedded server). The one place a
+        ``base_url`` (several URLs separated by commas) is split."""
         return endpoint_urls(self.base_url)
+
+    @property
+    def judge_base_urls(self) -> list[str]:
+        """The judge's own endpoints (empty: the generator's)."""
+        return endpoint_urls(self.judge_base_url)
 
     @classmethod
     def settings_customise_sources(
@@ -571,6 +581,19 @@ def _flag_type(annotation: Any) -> tuple[Any, list[Any] | None]:
     if annotation in (int, float, Path):
         return annotation, None
     return str, None
+
+
+ENDPOINT_FLAGS = (
+    "base_url",
+    "base_urls_file",
+    "model",
+    "api_key",
+    "concurrency",
+    "fixed_concurrency",
+    "timeout",
+    "max_retries",
+)
+"""The settings that say which LLM to call and how (every command that calls one takes them)."""
 
 
 def add_settings_flags(

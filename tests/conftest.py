@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.common import FakeServer
-from bench.common import free_port as free_port  # re-exported for the tests
+from testing.servers import FakeServer
+from testing.servers import free_port as free_port  # re-exported for the tests
 from tests.pgcluster import pg_cluster as pg_cluster  # the throwaway Postgres (session)
 from tests.pgcluster import pg_dsn as pg_dsn
 
@@ -42,7 +42,7 @@ def shared_data() -> Path:
 
 
 FakeServerProc = FakeServer
-"""The fake server in its own process (``bench.common.FakeServer``, shared with the benchmarks)."""
+"""The fake server in its own process (``testing.servers.FakeServer``, as the benchmarks use it)."""
 
 
 @pytest.fixture

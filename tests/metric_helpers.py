@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from graph.judge_sets import JUDGE_DATA
+from judge.sets import JUDGE_DATA
 from metric.data import Example
 from metric.train import TrainStats
 

@@ -6,8 +6,8 @@ import json
 import random
 from pathlib import Path
 
-from graph.ledger import Ledger
-from graph.runfolder import Manifest
+from dataset.ledger import Ledger
+from dataset.runfolder import Manifest
 from state.records import Judgement, Provenance, QualityFilter, Sample
 from state.settings import RefedSettings
 

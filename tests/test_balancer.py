@@ -1,7 +1,7 @@
 """Several endpoints: least-outstanding choice, AIMD limits, ejection and re-probe, failover.
 
 The unit tests run the balancer against aiohttp fake servers in this process or in their
-own (``bench.common.FakeServer``, which can be killed mid-call); the last test runs
+own (``testing.servers.FakeServer``, which can be killed mid-call); the last test runs
 ``python -m graph.run`` over two fake endpoints and kills one of them mid-run.
 """
 
@@ -20,13 +20,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bench.common import write_seeds
-from bench.fake_server import FakeServer as FakeApp
-from graph.ledger import Ledger
-from nodes.balancer import AIMDLimit, Balancer, LoopLag, endpoint_client
-from nodes.llm import LLMError, TransportError
+from dataset.ledger import Ledger
+from llm.balancer import AIMDLimit, Balancer, LoopLag
+from llm.client import LLMError
+from llm.factory import endpoint_client
+from llm.transport import TransportError
 from state.records import ReferenceDone, Sample
 from state.settings import RefedSettings
+from testing.fake_server import FakeServer as FakeApp
+from testing.runs import write_seeds
 
 from .conftest import REPO, FakeServerProc, free_port
 
@@ -284,7 +286,7 @@ async def test_poison_requests_fail_alone_and_never_eject_the_endpoint() -> None
     limit."""
     app = FakeApp(latency=0.01, poison_rate=0.2, poison_seed=3)
     async with serve(app) as url:
-        client = endpoint_client(url, "fake", "", concurrency=8, max_retries=4)
+        client = endpoint_client([url], "fake", "", concurrency=8, max_retries=4)
         client.backoff_base = 0.001
         results = await asyncio.gather(
             *(client.text(m, task="t", temperature=0, max_tokens=8) for m in _asks(120)),

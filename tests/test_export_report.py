@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from graph.dataset_stats import diversity, leading_word, outcome
-from graph.export import export_run
-from graph.quality import QualityGate
-from graph.report import write_report
+from dataset.export import export_run
+from dataset.quality import QualityGate
+from dataset.report import write_report
+from dataset.stats import diversity, leading_word, outcome
 from state.records import Sample
 
 from .conftest import REPO, free_port
@@ -132,14 +132,14 @@ def test_export_round_trip(run_dir: Path) -> None:
 
 
 def _read(path: Path) -> list[Sample]:
-    from graph.ledger import Ledger
+    from dataset.ledger import Ledger
 
     return list(Ledger(path).read(Sample))
 
 
 def _export_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "graph.export", *args],
+        [sys.executable, "-m", "dataset.export", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

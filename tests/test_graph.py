@@ -14,7 +14,8 @@ from langchain_core.messages import BaseMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from graph.builder import compile_graph
-from nodes.llm import LLMClient, register_client, unregister_client
+from llm.client import LLMClient
+from llm.factory import register_client, unregister_client
 from state.context import RefedContext
 from state.records import Candidate, Reference, Usage
 from tests.scripted import Script, ScriptedChatModel

@@ -23,8 +23,8 @@ from langchain_core.messages import BaseMessage
 from scipy import stats
 
 import prompts
-from graph.judge import main as judge_main
-from graph.judge_eval import (
+from judge.cli import main as judge_main
+from judge.evaluate import (
     Compared,
     JudgedLog,
     Scored,
@@ -37,9 +37,10 @@ from graph.judge_eval import (
     score_items,
     system_level,
 )
-from graph.judge_export import pair_records, pointwise_records, to_scale
-from graph.judge_report import pointwise_markdown, write_pairwise, write_pointwise
-from graph.judge_sets import (
+from judge.export import pair_records, pointwise_records, to_scale
+from judge.report import pointwise_markdown, write_pairwise, write_pointwise
+from judge.scoring import JudgeOptions
+from judge.sets import (
     BUILTIN,
     HumanItem,
     HumanPair,
@@ -50,8 +51,7 @@ from graph.judge_sets import (
     sample_groups,
     sample_items,
 )
-from nodes.judging import JudgeOptions
-from nodes.llm import LLMClient, derive_seed
+from llm.client import LLMClient, derive_seed
 from state.judgements import CriterionScore, PairwiseVerdict, PointwiseResult
 from tests.scripted import Script, ScriptedChatModel
 
@@ -529,6 +529,29 @@ def test_score_cli_writes_scores_next_to_records(
 
     table = pq.read_table(pq_out).to_pylist()
     assert len(table) == 5 and set(table[0]["judge"]["scores"]) == {"clarity"}
+
+
+def test_score_cli_spreads_over_two_endpoints(fake_server: FakeServerProc, tmp_path: Path) -> None:
+    """``python -m graph.judge score --base-url A,B``: both endpoints are called (through
+    the same client factory and balancer as a run), every record is scored once."""
+    src = tmp_path / "answers.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"instruction": f"Question {i}?", "response": f"Answer {i}."}) + "\n"
+            for i in range(12)
+        )
+    )
+    with FakeServerProc(latency=0.05) as other:
+        both = f"{fake_server.base_url},{other.base_url}"
+        res = run_judge("score", str(src), "--base-url", both, "--model", "fake")
+        assert res.returncode == 0, res.stderr
+        calls = [fake_server.stats()["requests"], other.stats()["requests"]]
+    got = [
+        json.loads(line) for line in (tmp_path / "answers.judged.jsonl").read_text().splitlines()
+    ]
+    assert len(got) == 12 and all(g["judge"]["mean"] == 5.0 for g in got)
+    assert sum(calls) == 12 and min(calls) > 0, calls
+    assert "12 records scored, 0 failed" in res.stderr
 
 
 def test_judge_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

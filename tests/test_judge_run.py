@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from graph.ledger import Ledger
-from graph.runfolder import Manifest
+from dataset.ledger import Ledger
+from dataset.runfolder import Manifest
 from state.records import Sample
 
 from .conftest import REPO, FakeServerProc

@@ -2,8 +2,8 @@
 read from the server, and ``judge eval`` end to end on a slice of each human-judgement set.
 
 The model is tiny, so these check that the machinery works (every score an expectation
-over the scale, reports written), not how well it agrees with people; the README has the
-numbers from the one-off full run.
+over the scale, reports written), not how well it agrees with people (``refed judge eval``
+on the full sets measures that: BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import pytest
 from langgraph.runtime import Runtime
 
 import prompts
-from nodes.judging import JudgeOptions, expected_score, score_record
-from nodes.llm import LLMClient, openai_chat_model, register_client, unregister_client
+from judge.scoring import JudgeOptions, expected_score, score_record
+from llm.client import LLMClient
+from llm.factory import register_client, unregister_client
+from llm.transport import openai_chat_model
 from nodes.metric_judge import metric_judge
 from state.context import RefedContext
 from state.graph_state import CandidateState
@@ -44,7 +46,7 @@ async def test_server_returns_usable_logprobs(vllm_base_url: str) -> None:
     cset = prompts.criteria("summeval")
     c = cset.get("fluency")
     opts = JudgeOptions(rationale_chars=40, logprobs=5)
-    from nodes.judging import render_pointwise
+    from judge.scoring import render_pointwise
 
     reply = await real_client(vllm_base_url).structured(
         render_pointwise(cset, (c,), {"summary": "The cat sat on the mat."}, opts),

@@ -16,7 +16,7 @@ from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 
 import prompts
-from nodes.judging import (
+from judge.scoring import (
     JudgeOptions,
     compare,
     expected_score,
@@ -25,7 +25,8 @@ from nodes.judging import (
     render_pointwise,
     score_record,
 )
-from nodes.llm import LLMClient, LLMError, register_client, unregister_client
+from llm.client import LLMClient, LLMError
+from llm.factory import register_client, unregister_client
 from nodes.metric_judge import metric_judge
 from state.context import RefedContext
 from state.criteria import CriteriaError, Criterion, load_criteria_file

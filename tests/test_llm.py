@@ -17,20 +17,15 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import BaseModel
 
-import nodes.llm as llm_mod
+import llm.client as llm_mod
 import state.llm_outputs as llm_outputs
-from nodes.llm import (
-    LLMClient,
-    LLMError,
-    client_for,
-    derive_seed,
-    json_schema_format,
-    openai_chat_model,
-    register_client,
-    unregister_client,
-)
+from llm.balancer import Balancer
+from llm.client import LLMClient, LLMError, derive_seed, json_schema_format
+from llm.factory import client_for, judge_client, register_client, unregister_client, use_settings
+from llm.transport import openai_chat_model
 from state.context import RefedContext
 from state.llm_outputs import DistilledFeedbackOut, JudgeOut
+from state.settings import RefedSettings
 from tests.scripted import Script, ScriptedChatModel
 
 MESSAGES = [{"role": "system", "content": "You review."}, {"role": "user", "content": "Hi"}]
@@ -72,9 +67,9 @@ def failing_then(errors: list[BaseException], answer: Any) -> Any:
 
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record the delays nodes.llm sleeps for, without sleeping.
+    """Record the delays llm.client sleeps for, without sleeping.
 
-    nodes.llm calls ``asyncio.sleep`` through the module, so this patches it for the test.
+    llm.client calls ``asyncio.sleep`` through the module, so this patches it for the test.
     """
     delays: list[float] = []
 
@@ -551,6 +546,7 @@ def test_client_for_returns_the_registered_client() -> None:
 
 def test_client_for_builds_one_client_per_endpoint() -> None:
     ctx = RefedContext(base_url="http://127.0.0.1:9/v1", model="m-test", client_key=None)
+    use_settings(RefedSettings(concurrency=3))
     try:
         first = client_for(ctx)
         assert client_for(ctx) is first
@@ -559,8 +555,45 @@ def test_client_for_builds_one_client_per_endpoint() -> None:
         )
         assert other is not first
     finally:
+        use_settings(None)
         unregister_client("http://127.0.0.1:9/v1|m-test")
         unregister_client("http://127.0.0.1:9/v1|m-other")
+
+
+def test_client_for_uses_the_settings_given_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client a context without a key gets is made from the settings given once
+    (Studio's), over every endpoint of the context: the environment at call time, which
+    says otherwise, is not read."""
+    ctx = RefedContext(
+        base_url="http://127.0.0.1:9/v1,http://127.0.0.1:10/v1", model="m-env", client_key=None
+    )
+    use_settings(RefedSettings(concurrency=3, fixed_concurrency=True, max_retries=1))
+    monkeypatch.setenv("REFED_CONCURRENCY", "50")
+    monkeypatch.setenv("REFED_MAX_RETRIES", "9")
+    key = "http://127.0.0.1:9/v1,http://127.0.0.1:10/v1|m-env"
+    try:
+        client = client_for(ctx)
+        assert client.max_retries == 1
+        balancer = client.transport
+        assert isinstance(balancer, Balancer)
+        assert [ep.base_url for ep in balancer.endpoints] == [
+            "http://127.0.0.1:9/v1",
+            "http://127.0.0.1:10/v1",
+        ]
+        assert [ep.limit.limit for ep in balancer.endpoints] == [3, 3]
+    finally:
+        use_settings(None)
+        unregister_client(key)
+
+
+def test_client_for_without_settings_or_key_is_a_config_error() -> None:
+    ctx = RefedContext(base_url="http://127.0.0.1:9/v1", model="m-none", client_key=None)
+    with pytest.raises(LLMError) as info:
+        client_for(ctx)
+    assert info.value.kind == "config"
+    assert "use_settings" in info.value.message
 
 
 # ------------------------------------------------------------------------ a real OpenAI client
@@ -673,3 +706,26 @@ async def test_a_retry_after_a_bad_answer_asks_with_another_seed() -> None:
     )
     assert reply.value.response_guidance == ["b"]
     assert [c.kwargs["seed"] for c in script.calls] == [41, 42]
+
+
+def test_judge_client_spreads_over_the_judges_own_endpoints() -> None:
+    """``judge_base_url`` with several URLs: the judge's client balances over them, with
+    its own model and limiter; without one it is on the generator's endpoints."""
+    settings = RefedSettings(
+        base_url="http://127.0.0.1:9/v1",
+        model="gen",
+        judge_base_url="http://127.0.0.1:10/v1,http://127.0.0.1:11/v1",
+        judge_model="judge-m",
+        judge_concurrency=2,
+        fixed_concurrency=True,
+    )
+    balancer = judge_client(settings).transport
+    assert isinstance(balancer, Balancer)
+    assert [ep.base_url for ep in balancer.endpoints] == [
+        "http://127.0.0.1:10/v1",
+        "http://127.0.0.1:11/v1",
+    ]
+    assert balancer.model == "judge-m" and [ep.limit.limit for ep in balancer.endpoints] == [2, 2]
+    shared = judge_client(settings.model_copy(update={"judge_base_url": None})).transport
+    assert isinstance(shared, Balancer)
+    assert [ep.base_url for ep in shared.endpoints] == ["http://127.0.0.1:9/v1"]

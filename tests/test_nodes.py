@@ -12,9 +12,10 @@ import pytest
 from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 
+from llm.client import LLMClient, derive_seed
+from llm.factory import register_client, unregister_client
 from nodes.feedback_distillation import feedback_distillation
 from nodes.finalize import finalize, sample_id
-from nodes.llm import LLMClient, derive_seed, register_client, unregister_client
 from nodes.metric_judge import metric_judge, wants_revision
 from nodes.reference_analysis import reference_analysis
 from nodes.respond import respond

@@ -11,8 +11,8 @@ from tests.pgcluster import require_postgres_extra
 
 require_postgres_extra()
 
+from dataset.runfolder import RunConfigMismatch  # noqa: E402
 from graph.pgstore import PgRunFolder, open_pool, setup_schema  # noqa: E402
-from graph.runfolder import RunConfigMismatch  # noqa: E402
 from state.records import Reference, ReferenceDone, Sample, Usage  # noqa: E402
 from state.settings import RefedSettings  # noqa: E402
 

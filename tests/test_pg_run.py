@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from bench.common import start_workers, wait_workers, write_seeds
-from graph.ledger import Ledger
-from graph.runfolder import Manifest
+from dataset.ledger import Ledger
+from dataset.runfolder import Manifest
 from state.records import ReferenceDone, Sample
+from testing.runs import start_workers, wait_workers, write_seeds
 
 from .conftest import REPO, FakeServerProc
 from .pgcluster import require_postgres_extra
@@ -264,7 +264,7 @@ def test_database_lost_mid_run_stops_with_advice(
     slow_fake_server: FakeServerProc, pg_cluster: Any, tmp_path: Path
 ) -> None:
     """The store going away stops the worker with exit 1 and what to do, no traceback."""
-    from .pgcluster import PgCluster, find_bin
+    from testing.pgcluster import PgCluster, find_bin
 
     bin_dir = find_bin()
     assert bin_dir is not None  # pg_cluster has failed or skipped the test otherwise
@@ -309,7 +309,7 @@ def test_three_workers_two_endpoints_lose_a_worker_and_an_endpoint(
 ) -> None:
     """Issue 9's scenario: 3 workers, 2 endpoints; one worker SIGKILLed and one endpoint
     stopped mid-run; every reference done once, every sample once, none lost."""
-    from bench.common import FakeServer
+    from testing.servers import FakeServer
 
     seeds = write_seeds(tmp_path / "seeds.jsonl", 15)
     out = tmp_path / "run"

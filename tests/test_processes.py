@@ -1,6 +1,6 @@
 """``--processes N``: the graph in N child processes, the ledgers in the run's process.
 
-Against the fake server (bench/fake_server.py): a whole run, a SIGKILL of the run's
+Against the fake server (testing/fake_server.py): a whole run, a SIGKILL of the run's
 process (its graph processes go with it, the rerun finishes exactly once), a SIGKILL of
 one graph process (the run stops with advice, the rerun finishes), and a rerun with a
 different process count refused.
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import FakeServer, write_seeds
+from testing.runs import write_seeds
+from testing.servers import FakeServer
 
 from .test_reliability import cli, run_args, run_cli, samples, wait_for
 
@@ -139,7 +140,7 @@ def test_a_different_process_count_is_refused_on_resume(tmp_path: Path) -> None:
 
 
 def test_default_processes_follow_the_in_flight_budget() -> None:
-    from graph.runfolder import default_processes
+    from graph.procpool import default_processes
     from state.settings import RefedSettings
 
     cores = len(os.sched_getaffinity(0))

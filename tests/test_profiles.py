@@ -11,7 +11,8 @@ import pytest
 from pydantic import BaseModel
 
 import prompts
-from nodes.llm import LLMClient, json_schema_format, openai_transport
+from llm.client import LLMClient, json_schema_format
+from llm.transport import openai_transport
 from state.context import RefedContext
 from state.judgements import JudgeBar
 from state.line_format import LineFormatError, line_regex, parse_lines, render_lines

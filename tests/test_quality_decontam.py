@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from graph.quality import QualityGate
-from graph.quality.benchmarks import BenchmarkError, load_benchmark, load_benchmarks
-from graph.quality.decontam import Decontaminator
-from graph.quality.text import normalise, tokens
+from dataset.quality import QualityGate
+from dataset.quality.benchmarks import BenchmarkError, load_benchmark, load_benchmarks
+from dataset.quality.decontam import Decontaminator
+from dataset.quality.text import normalise, tokens
 from state.records import Sample
 
 from .runfolders import make_sample, self_instruct_pairs

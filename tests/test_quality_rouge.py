@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graph.quality import QualityGate
-from graph.quality.minhash import MinHashIndex
-from graph.quality.rouge import RougeIndex, lcs_length, rouge_l
-from graph.quality.text import Vocab, normalise, tokens
+from dataset.quality import QualityGate
+from dataset.quality.minhash import MinHashIndex
+from dataset.quality.rouge import RougeIndex, lcs_length, rouge_l
+from dataset.quality.text import Vocab, normalise, tokens
 from state.records import Reference
 
 from .runfolders import make_sample

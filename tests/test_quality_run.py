@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from graph.runfolder import Manifest
+from dataset.runfolder import Manifest
 from state.records import ReferenceDone, Sample
 
 from .conftest import FakeServerProc
@@ -137,7 +137,7 @@ def test_decontamination_in_a_run_and_bad_benchmark_file(
     assert b["by_test"] == {"rouge-l": 12} and b["by_field"] == {"instruction": 12}
 
     # Nothing accepted, nothing to export: said plainly.
-    from graph.export import main as export_main
+    from dataset.export import main as export_main
 
     assert export_main([str(out)]) == 2
 
@@ -148,8 +148,8 @@ def test_quality_json_is_final_when_the_run_ends(
     """No sample dropped (the fake instructions are 2/3 alike, under the default 0.7): the
     summary written at the end counts every accepted sample as checked, and the report
     takes its numbers from the ledgers even when quality.json is older than them."""
-    from graph.dataset_stats import load_run
-    from graph.report import build_report, markdown
+    from dataset.report import build_report, markdown
+    from dataset.stats import load_run
 
     out = tmp_path / "run"
     res = run_cli(*_args(fake_server.base_url, out, "--per-reference", "2"))

@@ -1,7 +1,6 @@
-"""Reliability under faults and bad input (issue 8), against the fault-injecting fake server.
+"""Reliability under faults and bad input, against the fault-injecting fake server.
 
-Each end-to-end test prints one ``FIGURE`` line (``pytest -s``) with what it measured;
-the README's Reliability section quotes them.
+Each end-to-end test prints one ``FIGURE`` line (``pytest -s``) with what it measured.
 """
 
 from __future__ import annotations
@@ -20,13 +19,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.common import FakeServer, write_seeds
-from graph.ledger import Ledger
-from graph.runfolder import Manifest
-from nodes.circuit import CircuitBreaker, CircuitOpen
-from nodes.llm import Completion, HTTPTransport, LLMClient, LLMError, TransportError
-from nodes.stops import ServerRefused
+from dataset.ledger import Ledger
+from dataset.runfolder import Manifest
+from llm.circuit import CircuitBreaker, CircuitOpen
+from llm.client import LLMClient, LLMError
+from llm.stops import ServerRefused
+from llm.transport import Completion, HTTPTransport, TransportError
 from state.records import ReferenceDone, Sample
+from testing.runs import write_seeds
+from testing.servers import FakeServer
 
 from .conftest import REPO
 
@@ -505,7 +506,7 @@ def test_ledger_write_cut_by_the_file_size_limit_leaves_whole_lines(tmp_path: Pa
 import resource, signal
 from pathlib import Path
 from pydantic import BaseModel
-from graph.ledger import Ledger, LedgerError
+from dataset.ledger import Ledger, LedgerError
 class R(BaseModel):
     i: int
     text: str
@@ -762,7 +763,7 @@ HOSTILE: list[tuple[str, bytes, str, str | None]] = [
 def test_fifty_hostile_seed_records_each_rejected_or_flagged_with_its_reason(
     tmp_path: Path,
 ) -> None:
-    from graph.seeds import SeedError, read_seeds
+    from dataset.seeds import SeedError, read_seeds
 
     assert len(HOSTILE) == 50 and len({kind for kind, *_ in HOSTILE}) == 50
     good = [

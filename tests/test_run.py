@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from graph.ledger import Ledger
-from graph.runfolder import Manifest
+from dataset.ledger import Ledger
+from dataset.runfolder import Manifest
 from state.records import ReferenceDone, ReferenceFeedback, Sample
 
 from .conftest import REPO, FakeServerProc

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import FakeServer, write_seeds
-from bench.common import blackhole as common_blackhole
-from graph.runfolder import Manifest
+from dataset.runfolder import Manifest
 from state.records import Sample
+from testing.runs import write_seeds
+from testing.servers import FakeServer
+from testing.servers import blackhole as common_blackhole
 
 from .conftest import REPO, free_port
 from .test_run import EXAMPLES, _wait_lines, read

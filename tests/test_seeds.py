@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import structlog
 
-from graph.seeds import SUPPORTED_FORMATS, SeedError, iter_seeds, read_seeds
+from dataset.seeds import SUPPORTED_FORMATS, SeedError, iter_seeds, read_seeds
 from state.records import content_id
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from langchain_core.messages import BaseMessage
 
-from nodes.llm import LLMClient
+from llm.client import LLMClient
 from serve.app import create_app
 from state.settings import RefedSettings
 

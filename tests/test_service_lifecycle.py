@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serve.app import llm_failure_status
+from serve.service import llm_failure_status
 
 from .conftest import FakeServerProc
 from .test_service import AUTH, PAIR, Service

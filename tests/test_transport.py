@@ -15,17 +15,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from nodes.balancer import endpoint_client
-from nodes.llm import (
-    HTTPTransport,
-    LLMClient,
-    LLMError,
-    TransportError,
-    json_schema_format,
-    openai_chat_model,
-    openai_transport,
-)
-from nodes.stops import ServerRefused
+from llm.client import LLMClient, LLMError, json_schema_format
+from llm.factory import endpoint_client
+from llm.stops import ServerRefused
+from llm.transport import HTTPTransport, TransportError, openai_chat_model, openai_transport
 from state.llm_outputs import JudgeOut
 
 MESSAGES = [{"role": "system", "content": "You review."}, {"role": "user", "content": "Hi"}]
@@ -282,7 +275,7 @@ async def test_an_unknown_model_stops_at_once_listing_the_served_ones(
 ) -> None:
     state, url = canned
     state.queue.append((404, {"error": {"message": "The model `m` does not exist."}}, {}))
-    c = endpoint_client(url, "m", "sk-test", max_retries=3)
+    c = endpoint_client([url], "m", "sk-test", max_retries=3)
     with pytest.raises(ServerRefused) as info:
         await c.text(MESSAGES, task="respond", temperature=0, max_tokens=9)
     await c.aclose()

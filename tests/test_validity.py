@@ -161,6 +161,8 @@ async def test_screening_cuts_or_fails_by_the_rule() -> None:
 def test_a_refinement_loses_the_line_announcing_it() -> None:
     text = "Here's a revised version of the advice:\n\nStart early and plan each day."
     assert without_revision_note(text) == "Start early and plan each day."
+    seen = "That's exactly what I'm looking for! Here's a more detailed response:\n\nPlan early."
+    assert without_revision_note(seen) == "Plan early."
     kept = "Sure! Here are some tips:\n1. Start early."
     assert without_revision_note(kept) == kept
 

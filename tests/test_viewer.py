@@ -1,8 +1,8 @@
 """The run viewer (report/index.html) in a real browser: Debian's headless Chromium over
-the DevTools pipe (bench/browser.py). Without Chromium these tests skip, except under
+the DevTools pipe (testing/browser.py). Without Chromium these tests skip, except under
 CI=true, where they fail (.ci/run installs it).
 
-The main run is a fake-server run (graph.run against bench.fake_server) with injected
+The main run is a fake-server run (graph.run against testing.fake_server) with injected
 server errors (failed candidates) and a benchmark file holding two of its instructions
 (rejected by the decontamination gate); one instruction, with markup in it, is planted.
 """
@@ -23,16 +23,16 @@ from typing import Any
 
 import pytest
 
-from bench.browser import Chromium, Tab, find_chromium
-from bench.common import FakeServer
-from graph.dataset_stats import RunFolderError, load_run
-from graph.ledger import Ledger
-from graph.quality import QualityGate
-from graph.report import write_report
-from graph.runfolder import Manifest
-from graph.viewer import write_viewer
-from graph.viewer.data import pack, read_jsonl, viewer_data
+from dataset.ledger import Ledger
+from dataset.quality import QualityGate
+from dataset.report import write_report
+from dataset.runfolder import Manifest
+from dataset.stats import RunFolderError, load_run
+from dataset.viewer import write_viewer
+from dataset.viewer.data import pack, read_jsonl, viewer_data
 from state.records import Sample
+from testing.browser import Chromium, Tab, find_chromium
+from testing.servers import FakeServer
 
 from .conftest import REPO
 from .pgcluster import on_ci
