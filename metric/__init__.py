@@ -6,6 +6,7 @@ and the text being judged, and outputs one score. It is fine-tuned from all-Mini
 human ratings, and served through vLLM's pooling ``/score`` API or in-process.
 
 Modules: ``data`` (examples, pairs, splits), ``text`` (the input layout shared by training and
-serving), ``train`` (fine-tuning), ``evaluate`` (metrics and baselines), ``serving`` (scoring a
-saved model), ``experiment`` (the three settings and the results table); ``python -m metric``.
+serving), ``train`` (fine-tuning), ``calibrate`` (the served model's scale), ``evaluate``
+(metrics and baselines), ``serving`` (scoring a saved model), ``experiment`` (the three
+settings and the results table); ``python -m metric``.
 """

@@ -11,8 +11,9 @@ and stored frozen-layer features, and is scored on the same test examples as the
 (ROUGE-L, embedding cosine, the untrained base, the LLM judge). Each trained model and the
 untrained base are also scored on the LIMA junk set (``metric.junk``) under the pipeline's
 criteria: the AUC of their mean score, good against bad. The first seed's multi-task model
-(with negatives, when there are any) of each base is saved as a Hugging Face folder with its
-model card. Results go to ``OUT/results.json`` and ``OUT/results.md`` (``metric.report``).
+(with negatives, when there are any, its logit then calibrated on their ratings by
+``metric.calibrate``) of each base is saved as a Hugging Face folder with its model card.
+Results go to ``OUT/results.json`` and ``OUT/results.md`` (``metric.report``).
 """
 
 from __future__ import annotations
