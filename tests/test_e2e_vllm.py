@@ -40,7 +40,9 @@ def lima3(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("mode", ["reference", "sample", "none"])
+# `none` runs on scripted fakes only (tests/test_graph.py): on the real server it adds a
+# run's time and nothing the other two modes do not show.
+@pytest.mark.parametrize("mode", ["reference", "sample"])
 def test_modes_on_real_vllm(vllm_base_url: str, lima3: Path, tmp_path: Path, mode: str) -> None:
     out = tmp_path / mode
     res = subprocess.run(
@@ -96,8 +98,6 @@ def test_modes_on_real_vllm(vllm_base_url: str, lima3: Path, tmp_path: Path, mod
             "correctness",
             "clarity",
         }
-        if mode == "none":
-            assert s.response == s.first_response and s.revisions == 0
     manifest = Manifest.model_validate_json((out / "run.json").read_text())
     stats = manifest.stats
     assert manifest.status == "finished"
@@ -114,7 +114,7 @@ def test_modes_on_real_vllm(vllm_base_url: str, lima3: Path, tmp_path: Path, mod
             d.error for d in done
         ]
         assert all(d.usage.feedback_calls == 3 for d in with_feedback), [d.usage for d in done]
-    elif mode == "sample":
+    else:
         assert feedback == []
         # One feedback call for every candidate whose first answer passed the checks (made
         # even if it then failed), none for the others: a check-rejected first answer is
@@ -125,8 +125,6 @@ def test_modes_on_real_vllm(vllm_base_url: str, lima3: Path, tmp_path: Path, mod
             if s.first_response is not None and (s.filter is None or s.filter.source != "check")
         ]
         assert stats.usage.feedback_calls == len(answered) <= n_candidates
-    else:
-        assert feedback == [] and stats.usage.feedback_calls == 0
 
 
 def test_embedded_profile_yields_valid_samples(
