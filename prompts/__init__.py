@@ -33,6 +33,7 @@ from string import Template
 from typing import Literal
 
 from state.criteria import CriteriaError, CriteriaSet, load_criteria_file
+from state.named_toml import named_toml, toml_names
 from state.profile import Profile, ProfileError, builtin_names, find_profile
 from state.settings import RefedSettings
 
@@ -136,21 +137,14 @@ def names() -> list[str]:
 
 def criteria_names() -> list[str]:
     """The built-in criteria sets."""
-    return sorted(p.stem for p in CRITERIA_DIR.glob("*.toml"))
+    return toml_names(CRITERIA_DIR)
 
 
 @cache
 def criteria(name_or_path: str) -> CriteriaSet:
     """A built-in criteria set by name (``instruction``, ``summeval``, ...) or a TOML file."""
-    builtin = CRITERIA_DIR / f"{name_or_path}.toml"
-    if "/" not in name_or_path and not name_or_path.endswith(".toml"):
-        if not builtin.is_file():
-            raise CriteriaError(
-                f"no built-in criteria set {name_or_path!r} (built-in: "
-                f"{', '.join(criteria_names())}; or give a path to a .toml file)"
-            )
-        return load_criteria_file(builtin)
-    return load_criteria_file(Path(name_or_path))
+    path = named_toml(name_or_path, CRITERIA_DIR, "criteria set", CriteriaError)
+    return load_criteria_file(path)
 
 
 def profile_names() -> list[str]:

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from state.named_toml import named_toml, toml_names
 from state.settings import RefedSettings, settings_error_text
 
 
@@ -46,20 +47,12 @@ BUILTIN_DIR = Path(__file__).resolve().parents[1] / "prompts" / "profiles"
 
 
 def builtin_names() -> list[str]:
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
+    return toml_names(BUILTIN_DIR)
 
 
 def find_profile(name_or_path: str) -> Profile:
     """A built-in profile by name (``smollm2``) or a TOML file."""
-    if "/" not in name_or_path and not name_or_path.endswith(".toml"):
-        builtin = BUILTIN_DIR / f"{name_or_path}.toml"
-        if not builtin.is_file():
-            raise ProfileError(
-                f"no built-in profile {name_or_path!r} (built-in: "
-                f"{', '.join(builtin_names())}; or give a path to a .toml file)"
-            )
-        return load_profile_file(builtin)
-    return load_profile_file(Path(name_or_path))
+    return load_profile_file(named_toml(name_or_path, BUILTIN_DIR, "profile", ProfileError))
 
 
 def with_named_profile(settings: RefedSettings) -> RefedSettings:
