@@ -80,21 +80,18 @@ async def synthesis(state: ReferenceState, runtime: Runtime[RefedContext]) -> di
         ctx.synthesis_temperature if ctx.synthesis_temperature is not None else ctx.temperature
     )
 
-    def messages_for(feature: str | None, count: int) -> list[dict[str, str]]:
-        if feature is None:
-            return prompts.for_task("synthesize_plain", ctx.prompt_variants).render(
-                instruction=ref.instruction, count=count
-            )
-        return prompts.for_task("synthesize_instructions", ctx.prompt_variants).render(
-            instruction=ref.instruction, guidance=guidance, count=count, feature=feature
-        )
-
     async def ask(feature: str | None, count: int, round_: int, slot: int) -> tuple[Any, str]:
-        task = "synthesize_plain" if feature is None else "synthesize_instructions"
-        fmt = prompts.for_task(task, ctx.prompt_variants).format
         seed = derive_seed(ctx.seed, ref.id, "synthesize", round_, slot)
         drafts = min(MAX_PER_CALL, math.ceil(count * ctx.synthesis_oversample))
-        messages = messages_for(feature, drafts)
+        if feature is None:
+            prompt = prompts.for_task("synthesize_plain", ctx.prompt_variants)
+            messages = prompt.render(instruction=ref.instruction, count=drafts)
+        else:
+            prompt = prompts.for_task("synthesize_instructions", ctx.prompt_variants)
+            messages = prompt.render(
+                instruction=ref.instruction, guidance=guidance, count=drafts, feature=feature
+            )
+        fmt = prompt.format
         if sampled:
             many = await llm.structured_n(
                 messages,
