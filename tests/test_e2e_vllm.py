@@ -30,8 +30,12 @@ PER_REFERENCE = 2
 @pytest.fixture(scope="module")
 def lima3(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first three single-turn LIMA references, as a JSONL seed file."""
-    refs = read_seeds(shared_data / "seeds" / "lima.json", limit=3)
-    path = tmp_path_factory.mktemp("seeds") / "lima3.jsonl"
+    return _lima_seeds(shared_data, 3, tmp_path_factory.mktemp("seeds") / "lima3.jsonl")
+
+
+def _lima_seeds(shared_data: Path, n: int, path: Path) -> Path:
+    """The first ``n`` single-turn LIMA references written to ``path`` as JSONL."""
+    refs = read_seeds(shared_data / "seeds" / "lima.json", limit=n)
     path.write_text(
         "".join(
             json.dumps({"instruction": r.instruction, "response": r.response}) + "\n" for r in refs
@@ -40,42 +44,53 @@ def lima3(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-# `none` runs on scripted fakes only (tests/test_graph.py): on the real server it adds a
-# run's time and nothing the other two modes do not show.
-@pytest.mark.parametrize("mode", ["reference", "sample"])
-def test_modes_on_real_vllm(vllm_base_url: str, lima3: Path, tmp_path: Path, mode: str) -> None:
-    out = tmp_path / mode
+def _graph_run(seeds: Path, base_url: str, out: Path, *flags: str, timeout: int) -> None:
+    """``python -m graph.run`` on the real server; fails the test with its stderr's tail."""
     res = subprocess.run(
         [
             sys.executable,
             "-m",
             "graph.run",
             "--seeds",
-            str(lima3),
+            str(seeds),
             "--base-url",
-            vllm_base_url,
+            base_url,
             "--model",
             "smollm2",
             "--out",
             str(out),
-            "--per-reference",
-            str(PER_REFERENCE),
-            "--feedback-mode",
-            mode,
-            "--concurrency",
-            "8",
-            "--max-tokens",
-            "256",
-            "--temperature",
-            "0.7",
+            *flags,
         ],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+# `none` runs on scripted fakes only (tests/test_graph.py): on the real server it adds a
+# run's time and nothing the other two modes do not show.
+@pytest.mark.parametrize("mode", ["reference", "sample"])
+def test_modes_on_real_vllm(vllm_base_url: str, lima3: Path, tmp_path: Path, mode: str) -> None:
+    out = tmp_path / mode
+    _graph_run(
+        lima3,
+        vllm_base_url,
+        out,
+        "--per-reference",
+        str(PER_REFERENCE),
+        "--feedback-mode",
+        mode,
+        "--concurrency",
+        "8",
+        "--max-tokens",
+        "256",
+        "--temperature",
+        "0.7",
+        timeout=900,
+    )
     samples = list(Ledger(out / "samples.jsonl").read(Sample))
     rejected = list(Ledger(out / "rejected.jsonl").read(Sample))
     done = list(Ledger(out / "references.jsonl").read(ReferenceDone))
@@ -133,39 +148,11 @@ def test_embedded_profile_yields_valid_samples(
     """Issue 15: four LIMA references x 2 on the embedded model's profile give at least
     four accepted samples, each a request (not a copy of the prompt, not markup) answered
     by text that neither loops nor asks back and is about the request."""
-    seeds = tmp_path / "lima4.jsonl"
-    refs = read_seeds(shared_data / "seeds" / "lima.json", limit=4)
-    seeds.write_text(
-        "".join(
-            json.dumps({"instruction": r.instruction, "response": r.response}) + "\n" for r in refs
-        )
-    )
+    seeds = _lima_seeds(shared_data, 4, tmp_path / "lima4.jsonl")
     out = tmp_path / "run"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "graph.run",
-            "--seeds",
-            str(seeds),
-            "--base-url",
-            vllm_base_url,
-            "--model",
-            "smollm2",
-            "--out",
-            str(out),
-            "--per-reference",
-            "2",
-            "--profile",
-            "smollm2",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    _graph_run(
+        seeds, vllm_base_url, out, "--per-reference", "2", "--profile", "smollm2", timeout=1200
     )
-    assert res.returncode == 0, res.stderr[-3000:]
     samples = list(Ledger(out / "samples.jsonl").read(Sample))
     done = list(Ledger(out / "references.jsonl").read(ReferenceDone))
     assert [d.error for d in done] == [None] * 4  # no reference failed at analysis
