@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=_ints, default=[2, 4])
     p.add_argument("--seeds", type=_ints, default=[0])
     p.add_argument("--junk", type=int, default=30, help="References in the junk set.")
+    p.add_argument("--train-layers", type=int, default=1, help="Top layers trained (default 1).")
+    p.add_argument("--max-len", type=int, help="Input tokens (default: the base's own).")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     order = list(dict.fromkeys(e.group for e in negatives))
     items = junk_set(n=args.junk, seed=0)
     junk_exs = junk_examples(items)
-    base = open_base(args.base)
+    base = open_base(args.base, max_len=args.max_len, train_layers=args.train_layers)
     inputs = {TASK: base.inputs(negatives), "junk": base.inputs(junk_exs)}
     feats = trunk(base, inputs, [base.frozen], cache_dir=default_cache_dir(), log=print)
     everything = merge_inputs(list(inputs.values()))
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "base": args.base,
         "junk_items": len(items),
+        "train_layers": base.train_layers,
+        "max_len": base.max_len,
         "frozen_layers_seconds": stores_s,
         "threads": torch.get_num_threads(),
     }

@@ -30,6 +30,7 @@ from embedded.server import (
     EmbeddedServerError,
     compute_dtype,
     find_free_port,
+    thread_env,
 )
 from embedded.weights import (
     GGUF_MEMBER,
@@ -257,6 +258,28 @@ def test_compute_dtype_follows_the_cpu() -> None:
     assert compute_dtype("flags\t\t: fpu avx2 avx512f avx512_bf16\n") == "bfloat16"
     assert compute_dtype("flags\t\t: fpu avx2 amx_bf16 amx_tile\n") == "bfloat16"
     assert compute_dtype("") == "float32"
+
+
+def test_thread_env_gives_a_small_machine_all_its_cores() -> None:
+    """On 1-2 cores the engine computes on all of them (vLLM would keep one for its API
+    server); on more, vLLM's default stands; a value the user exported is kept."""
+    assert thread_env(2, {}) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "OMP_NUM_THREADS": "2"}
+    assert thread_env(1, {}) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "OMP_NUM_THREADS": "1"}
+    assert thread_env(8, {}) == {}
+    assert thread_env(2, {"OMP_NUM_THREADS": "1"}) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def test_build_env_carries_the_thread_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    monkeypatch.setattr(server_mod, "usable_cores", lambda: 2)
+    env = EmbeddedServer(tmp_path / "model", cache_dir=tmp_path).build_env()
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and env["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setattr(server_mod, "usable_cores", lambda: 16)
+    env = EmbeddedServer(tmp_path / "model", cache_dir=tmp_path).build_env()
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in env and "OMP_NUM_THREADS" not in env
 
 
 def test_build_command_and_env(tmp_path: Path) -> None:
