@@ -7,12 +7,14 @@ process and reports its own CPU at ``/stats``.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import json
 import os
 import platform
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,25 @@ def rusage_self() -> dict[str, float]:
         "children_cpu": kids.ru_utime + kids.ru_stime,
         "children_maxrss_mb": kids.ru_maxrss / 1024,
     }
+
+
+async def decode_rate(base_url: str, bodies: list[dict[str, Any]]) -> dict[str, float]:
+    """Generated tokens per second of ``bodies`` sent to ``/chat/completions`` all at once,
+    after the first sent alone to warm the server up."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+
+        async def one(body: dict[str, Any]) -> int:
+            async with session.post(f"{base_url}/chat/completions", json=body) as resp:
+                data = await resp.json()
+            return int(data["usage"]["completion_tokens"])
+
+        await one(bodies[0])
+        started = time.perf_counter()
+        done = await asyncio.gather(*(one(b) for b in bodies))
+        seconds = time.perf_counter() - started
+    return {"tokens": sum(done), "seconds": seconds, "tokens_per_s": sum(done) / seconds}
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -31,9 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from bench.common import REPO, machine, versions
+from bench.common import REPO, decode_rate, machine, versions
 from embedded.server import EmbeddedServer, usable_cores
 
 SAMPLERS: dict[str, dict[str, float]] = {"top_p 0.9": {"top_p": 0.9}, "min_p 0.05": {"min_p": 0.05}}
@@ -45,32 +43,21 @@ def _requests() -> list[str]:
         return [json.loads(line)["instruction"] for line in handle if line.strip()]
 
 
-async def _batch(
-    base_url: str, model: str, n: int, tokens: int, sampler: dict[str, float]
-) -> dict[str, float]:
+def _bodies(model: str, n: int, tokens: int, sampler: dict[str, float]) -> list[dict[str, Any]]:
     asks = _requests()
-    async with aiohttp.ClientSession() as session:
-
-        async def one(i: int) -> int:
-            body = {
-                "model": model,
-                "messages": [{"role": "user", "content": asks[i % len(asks)]}],
-                "max_tokens": tokens,
-                "temperature": 0.3,
-                "repetition_penalty": 1.15,
-                "seed": i,
-                "ignore_eos": True,
-                **sampler,
-            }
-            async with session.post(f"{base_url}/chat/completions", json=body) as resp:
-                data = await resp.json()
-            return int(data["usage"]["completion_tokens"])
-
-        await one(0)  # warm up
-        started = time.perf_counter()
-        done = await asyncio.gather(*(one(i) for i in range(n)))
-        seconds = time.perf_counter() - started
-    return {"tokens": sum(done), "seconds": seconds, "tokens_per_s": sum(done) / seconds}
+    return [
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": asks[i % len(asks)]}],
+            "max_tokens": tokens,
+            "temperature": 0.3,
+            "repetition_penalty": 1.15,
+            "seed": i,
+            "ignore_eos": True,
+            **sampler,
+        }
+        for i in range(n)
+    ]
 
 
 def _demo(base_url: str) -> dict[str, Any]:
@@ -96,7 +83,9 @@ def measure(threads: str, n: int, tokens: int, demo: bool) -> dict[str, Any]:
     server = EmbeddedServer(vllm_threads=threads == "vllm")
     with server:
         rates = {
-            name: asyncio.run(_batch(server.base_url, server.model, n, tokens, sampler))
+            name: asyncio.run(
+                decode_rate(server.base_url, _bodies(server.model, n, tokens, sampler))
+            )
             for name, sampler in SAMPLERS.items()
         }
         return {

@@ -15,43 +15,32 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from bench.common import REPO, machine, versions
+from bench.common import REPO, decode_rate, machine, versions
 from embedded.server import EmbeddedServer, compute_dtype
 
 
-async def _batch(base_url: str, model: str, n: int, tokens: int) -> dict[str, float]:
-    async with aiohttp.ClientSession() as session:
-
-        async def one(i: int) -> int:
-            body = {
-                "model": model,
-                "messages": [{"role": "user", "content": f"Tell a long story, number {i}."}],
-                "max_tokens": tokens,
-                "temperature": 0.8,
-                "ignore_eos": True,
-            }
-            async with session.post(f"{base_url}/chat/completions", json=body) as resp:
-                data = await resp.json()
-            return int(data["usage"]["completion_tokens"])
-
-        await one(-1)  # warm up
-        started = time.perf_counter()
-        done = await asyncio.gather(*(one(i) for i in range(n)))
-        seconds = time.perf_counter() - started
-    return {"tokens": sum(done), "seconds": seconds, "tokens_per_s": sum(done) / seconds}
+def _bodies(model: str, n: int, tokens: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": f"Tell a long story, number {i}."}],
+            "max_tokens": tokens,
+            "temperature": 0.8,
+            "ignore_eos": True,
+        }
+        for i in range(n)
+    ]
 
 
 def measure(dtype: str, in_flight: list[int], tokens: int) -> dict[str, Any]:
     server = EmbeddedServer(extra_args=["--dtype", dtype])  # the last --dtype wins
     with server:
         rows = {
-            str(n): asyncio.run(_batch(server.base_url, server.model, n, tokens)) for n in in_flight
+            str(n): asyncio.run(decode_rate(server.base_url, _bodies(server.model, n, tokens)))
+            for n in in_flight
         }
     return {"dtype": dtype, "in_flight": rows}
 

@@ -296,7 +296,7 @@ class EmbeddedServer:
     def build_env(self) -> dict[str, str]:
         env = dict(os.environ)
         if not self._vllm_threads:
-            env.update(thread_env(environ=os.environ))
+            env.update(thread_env())
         env.update(
             {
                 "VLLM_CPU_KVCACHE_SPACE": str(self._kv_cache_gib),
