@@ -8,6 +8,8 @@ score   score a JSONL file of records on a criteria set with a saved model (a fo
         in-process; a URL: a vLLM server serving the folder)
 serve   serve a saved folder with vLLM's OpenAI-compatible server (pooling runner)
 table   re-render OUT/results.md from OUT/results.json
+merge   one table from runs of other seeds (or bases) on the same data: OUT/results.json and
+        OUT/results.md from RUN/results.json of each run
 """
 
 from __future__ import annotations
@@ -149,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tb = sub.add_parser("table", help="Re-render results.md.")
     tb.add_argument("out", type=Path, nargs="?", default=Path("runs/metric"))
+
+    mg = sub.add_parser("merge", help="Merge runs of other seeds or bases into one table.")
+    mg.add_argument("out", type=Path, help="Folder for the merged results.json and results.md.")
+    mg.add_argument("runs", type=Path, nargs="+", help="Run folders (each with results.json).")
 
     sv = sub.add_parser("serve", help="Serve a saved folder with vLLM (pooling runner).")
     sv.add_argument("--model", type=Path, default=Path("runs/metric/model"))
@@ -315,9 +321,38 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from metric.report import merge_results, results_markdown
+
+    parts = []
+    for run_dir in args.runs:
+        path = run_dir / "results.json"
+        try:
+            parts.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            print(f"cannot read {path}: {first_line(exc)}", file=sys.stderr)
+            return 2
+    try:
+        merged = merge_results(parts)
+    except ValueError as exc:
+        print(f"cannot merge {', '.join(map(str, args.runs))}: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(merged, indent=1))
+    (args.out / "results.md").write_text(results_markdown(merged))
+    print((args.out / "results.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"run": cmd_run, "score": cmd_score, "serve": cmd_serve, "table": cmd_table}
+    commands = {
+        "run": cmd_run,
+        "score": cmd_score,
+        "serve": cmd_serve,
+        "table": cmd_table,
+        "merge": cmd_merge,
+    }
     return commands[args.cmd](args)
 
 

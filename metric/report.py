@@ -161,6 +161,58 @@ def criterion_table(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's results from runs of the same tasks and splits on other seeds (or bases): the
+    trained rows and junk entries of every part, the seed-free baselines once (the first
+    part's), the training records and timings side by side (keys prefixed by the part's
+    index when two parts share one). Raises ValueError when the parts' data differ (other
+    tasks, splits or caps) or when two parts hold the same (base, setting, seed)."""
+    if not parts:
+        raise ValueError("nothing to merge")
+    first = parts[0]
+    same = ("tasks", "split_seed", "caps", "test_fraction")
+    rows: list[dict[str, Any]] = []
+    junk: list[dict[str, Any]] = []
+    seen: set[tuple[Any, ...]] = set()
+    train: dict[str, Any] = {}
+    timings: dict[str, Any] = {}
+    for i, part in enumerate(parts):
+        cfg, ref = part.get("config", {}), first.get("config", {})
+        differ = [k for k in same if cfg.get(k) != ref.get(k)]
+        if differ:
+            raise ValueError(f"part {i + 1} differs from part 1 in {', '.join(differ)}")
+        mine = {(r.get("base"), r["setting"], r.get("seed")) for r in part["rows"] if r.get("base")}
+        clash = sorted(str(k) for k in mine & seen)
+        if clash:
+            raise ValueError(f"part {i + 1} repeats {clash[0]} (base, setting, seed)")
+        seen |= mine
+        rows += [r for r in part["rows"] if r.get("base") or i == 0]
+        junk += part.get("junk") or []
+        for key, value in (part.get("train") or {}).items():
+            train[key if key not in train else f"{i + 1}:{key}"] = value
+        for key, value in (part.get("timings") or {}).items():
+            timings[key if key not in timings else f"{i + 1}:{key}"] = value
+    seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
+    bases = list(dict.fromkeys(r["base"] for r in rows if r.get("base")))
+    config = {**first.get("config", {}), "seeds": seeds, "bases": bases}
+    notes: dict[str, str] = {}
+    errors: list[Any] = []
+    for part in parts:
+        notes.update(part.get("llm_notes") or {})
+        errors += part.get("llm_errors") or []
+    return {
+        **first,
+        "rows": rows,
+        "junk": junk,
+        "train": train,
+        "timings": timings,
+        "config": config,
+        "llm_notes": notes,
+        "llm_errors": errors,
+        "merged_from": len(parts),
+    }
+
+
 def results_markdown(results: dict[str, Any]) -> str:
     out = [
         "## Means over criteria (Spearman at the set's primary level; Auto-J: pairwise "
