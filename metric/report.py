@@ -161,19 +161,26 @@ def criterion_table(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _row_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    return (row["task"], row["set"], row["criterion"])
+
+
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One run's results from runs of the same tasks and splits on other seeds (or bases): the
-    trained rows and junk entries of every part, the seed-free baselines once (the first
-    part's), the training records and timings side by side (keys prefixed by the part's
-    index when two parts share one). Raises ValueError when the parts' data differ (other
-    tasks, splits or caps) or when two parts hold the same (base, setting, seed)."""
+    trained rows and junk entries of every part, each seed-free baseline row (ROUGE-L, cosine,
+    the LLM judge) once, from the first part that has it, the training records and timings
+    side by side (keys prefixed by the part's index when two parts share one). A (base,
+    setting, seed) two parts both hold is kept once when their numbers agree (the untrained
+    base of one seed is the same in every run) and refused when they differ. Raises
+    ValueError when the parts' data differ (other tasks, splits or caps)."""
     if not parts:
         raise ValueError("nothing to merge")
     first = parts[0]
     same = ("tasks", "split_seed", "caps", "test_fraction")
     rows: list[dict[str, Any]] = []
     junk: list[dict[str, Any]] = []
-    seen: set[tuple[Any, ...]] = set()
+    held: dict[tuple[Any, ...], list[float | None]] = {}
+    baselines: set[tuple[Any, ...]] = set()
     train: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     for i, part in enumerate(parts):
@@ -181,13 +188,30 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         differ = [k for k in same if cfg.get(k) != ref.get(k)]
         if differ:
             raise ValueError(f"part {i + 1} differs from part 1 in {', '.join(differ)}")
-        mine = {(r.get("base"), r["setting"], r.get("seed")) for r in part["rows"] if r.get("base")}
-        clash = sorted(str(k) for k in mine & seen)
-        if clash:
-            raise ValueError(f"part {i + 1} repeats {clash[0]} (base, setting, seed)")
-        seen |= mine
-        rows += [r for r in part["rows"] if r.get("base") or i == 0]
-        junk += part.get("junk") or []
+        trained: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+        for r in part["rows"]:
+            if r.get("base"):
+                trained[(r["base"], r["setting"], r.get("seed"))].append(r)
+                continue
+            key = (r["setting"], r["task"], r["set"], r["criterion"], r["level"])
+            if key not in baselines:
+                baselines.add(key)
+                rows.append(r)
+        for key, mine in trained.items():
+            values = [headline(r) for r in sorted(mine, key=_row_key)]
+            if key in held and held[key] != values:
+                raise ValueError(
+                    f"part {i + 1} repeats {key} (base, setting, seed) with other numbers"
+                )
+            if key not in held:
+                held[key] = values
+                rows += mine
+        seen_junk = {(j["base"], j["setting"], j["seed"]) for j in junk}
+        junk += [
+            j
+            for j in part.get("junk") or []
+            if (j["base"], j["setting"], j["seed"]) not in seen_junk
+        ]
         for key, value in (part.get("train") or {}).items():
             train[key if key not in train else f"{i + 1}:{key}"] = value
         for key, value in (part.get("timings") or {}).items():

@@ -73,11 +73,23 @@ def test_merged_seeds_give_mean_and_spread_and_the_baselines_once() -> None:
     assert "| minilm | multi | 0.700 ± 0.100 |" in md
 
 
-def test_merge_refuses_other_data_or_a_repeated_seed() -> None:
+def test_merge_refuses_other_data_or_a_seed_with_other_numbers() -> None:
     with pytest.raises(ValueError, match="part 2 differs from part 1 in tasks"):
         merge_results([_run(0, 0.2), _run(1, 0.4, tasks={"dialogue": ["topical_chat"]})])
-    with pytest.raises(ValueError, match="part 2 repeats"):
+    with pytest.raises(ValueError, match=r"part 2 repeats .* with other numbers"):
         merge_results([_run(0, 0.2), _run(0, 0.4)])
+
+
+def test_merge_keeps_a_repeated_result_once_and_baselines_of_a_later_part() -> None:
+    """A run made only for the LLM judge repeats seed 0's untrained base: kept once; its LLM
+    rows (seed-free, absent from the first part) are kept."""
+    llm_only = _run(0, 0.2)
+    llm_only["rows"] = [_row("untrained", 0, 0.0), _row("llm", None, 0.25)]
+    merged = merge_results([_run(0, 0.2), _run(1, 0.4), llm_only])
+    settings = [(r["setting"], r["seed"]) for r in merged["rows"]]
+    assert settings.count(("untrained", 0)) == 1 and ("llm", None) in settings
+    assert sum(1 for j in merged["junk"] if j["seed"] == 0) == 1
+    assert "| 0.100 | 0.250 |" in results_markdown(merged)
 
 
 def test_merge_command_writes_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
