@@ -76,14 +76,21 @@ async def run_thread(
     ``on_update(node, update)`` sees each finished step that changed the thread's state
     as it lands (not a candidate step that only passed the candidate on); returns the
     thread's final state values (a finished thread: at once).
+
+    A thread is finished when its checkpoint has no task at all. ``snapshot.next`` is not
+    the test: it lists only the tasks still to run, and a step whose every task saved its
+    result before the run stopped (the disk filled, or a kill, before the step's own
+    checkpoint) has none left while the thread is not done; its state then lacks what
+    those tasks and the steps after them make (the candidates), so resume must run it on.
     """
     cfg: RunnableConfig = {"configurable": {"thread_id": f"{run_id}:{ref.id}"}}
     snapshot = await app.aget_state(cfg)
-    if snapshot.values and not snapshot.next:
+    if snapshot.values and not snapshot.tasks:
         return dict(snapshot.values)
-    start = None if snapshot.next else ReferenceState(reference=ref)
+    start = None if snapshot.tasks else ReferenceState(reference=ref)
     if start is None:
-        log.info("reference_resumed", reference_id=ref.id, next=list(snapshot.next))
+        step = [task.name for task in snapshot.tasks]
+        log.info("reference_resumed", reference_id=ref.id, next=list(snapshot.next), step=step)
     async for chunk in app.astream(
         start, cfg, context=context, stream_mode="updates", durability=durability
     ):

@@ -6,30 +6,39 @@ Each end-to-end test prints one ``FIGURE`` line (``pytest -s``) with what it mea
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from dataset.ledger import Ledger
+import dataset.ledger
+from dataset.ledger import Ledger, LedgerError
 from dataset.runfolder import Manifest
+from graph.batch import run_batch
+from graph.checkpoint import InlineSqliteSaver
 from llm.circuit import CircuitBreaker, CircuitOpen
 from llm.client import LLMClient, LLMError
 from llm.stops import ServerRefused
 from llm.transport import Completion, HTTPTransport, TransportError
-from state.records import ReferenceDone, Sample
+from state.records import Reference, ReferenceDone, Sample
+from state.settings import RefedSettings
 from testing.runs import write_seeds
 from testing.servers import FakeServer
 
 from .conftest import REPO
+from .scripted import ScriptedChatModel
 
 FAULTS = ("429", "500", "503", "reset", "timeout", "truncated", "nonjson", "length", "badschema")
 
@@ -576,6 +585,92 @@ def test_full_disk_stops_cleanly_and_resumes(tmpfs: Path, tmp_path: Path) -> Non
     figure(
         f"disk: full at {kept} of 160 samples: exit 1 ({reason}), every ledger line whole; "
         "resume: 160/160"
+    )
+
+
+class FillingDisk:
+    """``os`` as the ledgers see it, on a disk that is full once ``full`` is set."""
+
+    full = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(fd, data)
+
+
+def fill_disk_at_checkpoint(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """The disk fills when a reference thread's checkpoint of ``step`` is written: that
+    checkpoint and every checkpoint or ledger write after it fail, as on a full disk. The
+    step's tasks have saved their results by then: only the step's own checkpoint is lost."""
+    disk = FillingDisk()
+    put, put_writes = InlineSqliteSaver.put, InlineSqliteSaver.put_writes
+
+    def filling_put(
+        saver: InlineSqliteSaver, config: Any, checkpoint: Any, metadata: Any, versions: Any
+    ) -> Any:
+        disk.full = disk.full or metadata.get("step") == step
+        if disk.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        return put(saver, config, checkpoint, metadata, versions)
+
+    def filling_put_writes(saver: InlineSqliteSaver, *args: Any, **kwargs: Any) -> None:
+        if disk.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        put_writes(saver, *args, **kwargs)
+
+    monkeypatch.setattr(InlineSqliteSaver, "put", filling_put)
+    monkeypatch.setattr(InlineSqliteSaver, "put_writes", filling_put_writes)
+    monkeypatch.setattr(dataset.ledger, "os", disk)
+
+
+def samples_per_reference(folder: Path) -> Counter[str]:
+    """Written samples (accepted and rejected) per reference; no sample_id twice."""
+    accepted, rejected = samples(folder)
+    ids = [s.sample_id for s in accepted + rejected]
+    assert len(ids) == len(set(ids))
+    return Counter(s.reference_id for s in accepted + rejected)
+
+
+def done_references(folder: Path) -> list[ReferenceDone]:
+    """The references the run folder marks done (what a resume skips)."""
+    path = folder / "references.jsonl"
+    return list(Ledger(path).read(ReferenceDone)) if path.exists() else []
+
+
+@pytest.mark.parametrize("step", range(7))  # each checkpoint of a thread (6: its last)
+async def test_a_step_whose_checkpoint_the_full_disk_lost_is_run_on_at_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int
+) -> None:
+    """The disk fills after every task of a step saved its result, before the step's own
+    checkpoint: resume must run that thread on (no task of the step is left to run, yet its
+    candidates were never made or written), not mark the reference done without them."""
+    refs = [
+        Reference.from_pair(f"How do I keep cut {fruit} from browning?", f"Dip the {fruit}.")
+        for fruit in ("apples", "pears")
+    ]
+    settings = RefedSettings(
+        model="fake", seeds="seeds.jsonl", out=tmp_path / "run", per_reference=4
+    )
+
+    def client() -> LLMClient:
+        return LLMClient(ScriptedChatModel(), concurrency=4, max_retries=1, backoff_base=0)
+
+    fill_disk_at_checkpoint(monkeypatch, step)
+    with pytest.raises(LedgerError, match="No space left on device"):
+        await run_batch(settings, refs, client=client())
+    written = samples_per_reference(settings.out)
+    assert all(written[d.reference_id] == 4 for d in done_references(settings.out))
+    monkeypatch.undo()  # space freed: the same run again
+    await run_batch(settings, refs, client=client())
+    written = samples_per_reference(settings.out)
+    done = done_references(settings.out)
+    assert written == dict.fromkeys((r.id for r in refs), 4)
+    assert sorted((d.reference_id, d.accepted + d.rejected) for d in done) == sorted(
+        (r.id, 4) for r in refs
     )
 
 
