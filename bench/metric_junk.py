@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, free_port, machine, table, versions
+from bench.common import REPO, machine, table, versions
+from testing.servers import free_port
 
 RESULTS = REPO / "bench" / "results" / "metric_junk.json"
 FIXED = (2.0, 2.5, 3.0, 3.5)

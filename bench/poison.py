@@ -159,7 +159,7 @@ def preflight_rows(work: Path, seeds: Path) -> list[dict[str, Any]]:
     )
     for row in rows:
         row["message"] = next(
-            (ln for ln in row.pop("err").splitlines() if ln.startswith("error:")), ""
+            (ln for ln in str(row.pop("err")).splitlines() if ln.startswith("error:")), ""
         )
     return rows
 
