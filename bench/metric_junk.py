@@ -3,6 +3,7 @@
     python -m bench.metric_junk --model runs/metric/model                  # in-process
     python -m bench.metric_junk --model runs/metric/model --vllm           # also through vLLM
     python -m bench.metric_junk --model A --model B --n 30 --seed 0        # several models
+    python -m bench.metric_junk --model M --relevance-min 0.3              # the checks' floor
 
 For each saved model: the mean score over the ``instruction`` criteria of every item of
 ``metric.junk.junk_set(n, seed)`` (90 items at n = 30), the AUC of good against bad (overall
@@ -10,7 +11,8 @@ and against each bad kind), the mean score of each kind, the share of good and b
 bar passes (fixed bars; and anchored bars ``reference:MARGIN``, where a bad item is held to
 its own reference's score and a good candidate to another reference's), and the speed in
 records and model inputs per second, in-process (transformers, float32) and through vLLM
-(``/score`` or ``/classify``, float32, eager) with the largest difference between the two.
+(``/score`` or ``/classify``, float32, eager) with the largest difference between the two;
+and the AUC once Refed's checks have had their say (``with_checks``: what a run keeps).
 Results go to ``bench/results/metric_junk.json``.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, machine, table, versions
+from state.profile import find_profile
 from testing.servers import free_port
 
 RESULTS = REPO / "bench" / "results" / "metric_junk.json"
@@ -59,7 +62,38 @@ def bars(items: list[Any], means: list[float]) -> dict[str, Any]:
     return {"fixed": fixed, "anchored": anchored}
 
 
-def measure(folder: Path, items: list[Any], *, vllm: bool, log_dir: Path) -> dict[str, Any]:
+def with_checks(items: list[Any], means: list[float], relevance_min: float) -> dict[str, Any]:
+    """What Refed's filtering does with these items: an answer the validity checks flag
+    (``dataset.validity.answer_problem``: an ask-back, a restated request, a loop) or whose
+    similarity with its request is under ``relevance_min`` (``dataset.relevance``) is
+    rejected whatever the metric says; here its score becomes the scale's floor (1). The AUC
+    of that score, and the share of each kind the checks reject on their own."""
+    from dataset.embeddings import similarity
+    from dataset.validity import answer_problem
+    from metric.junk import auc
+
+    caught = [
+        answer_problem(it.response, it.instruction) is not None
+        or similarity(it.instruction, it.response) < relevance_min
+        for it in items
+    ]
+    gated = [1.0 if c else m for c, m in zip(caught, means, strict=True)]
+    kinds = sorted({it.kind for it in items})
+    return {
+        "relevance_min": relevance_min,
+        "auc": auc(gated, [it.label for it in items]),
+        "rejected_by_kind": {
+            k: statistics.mean(
+                float(c) for c, it in zip(caught, items, strict=True) if it.kind == k
+            )
+            for k in kinds
+        },
+    }
+
+
+def measure(
+    folder: Path, items: list[Any], *, vllm: bool, log_dir: Path, relevance_min: float
+) -> dict[str, Any]:
     import prompts
     from metric.junk import auc
     from metric.serving import MetricJudge, model_server
@@ -91,6 +125,7 @@ def measure(folder: Path, items: list[Any], *, vllm: bool, log_dir: Path) -> dic
             for k in kinds
         },
         "bars": bars(items, means),
+        "with_checks": with_checks(items, means, relevance_min),
         "in_process": {
             "records_per_s": len(records) / seconds,
             "inputs_per_s": len(records) * len(cset.criteria) / seconds,
@@ -136,6 +171,18 @@ def markdown(found: list[dict[str, Any]]) -> str:
         )
     head = ["model", "AUC"] + [f"AUC vs {k}" for k in kinds] + [f"mean {k}" for k in shown]
     out = [table([*head, "records/s in-process / vLLM"], rows), ""]
+    checks = [
+        [f["model"], f"{f['with_checks']['auc']:.3f}"]
+        + [f"{f['with_checks']['rejected_by_kind'][k]:.2f}" for k in ["reference", *kinds]]
+        for f in found
+    ]
+    floor = found[0]["with_checks"]["relevance_min"] if found else ""
+    out += [
+        f"With Refed's checks (validity, relevance under {floor}): rejected items score 1.",
+        "",
+        table(["model", "AUC"] + [f"checks reject: {k}" for k in ["reference", *kinds]], checks),
+        "",
+    ]
     for f in found:
         cells = [
             [name, f"{v['good']:.2f}", f"{v['bad']:.2f}"]
@@ -153,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--relevance-min",
+        type=float,
+        default=float(find_profile("smollm2").settings["relevance_min"]),
+        help="The relevance floor of the checks (default: the smollm2 profile's).",
+    )
     args = p.parse_args(argv)
     from metric.junk import junk_set
 
@@ -172,7 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
     }
     found = [
-        measure(m, items, vllm=args.vllm, log_dir=REPO / "runs" / "bench-metric-junk")
+        measure(
+            m,
+            items,
+            vllm=args.vllm,
+            log_dir=REPO / "runs" / "bench-metric-junk",
+            relevance_min=args.relevance_min,
+        )
         for m in args.model
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
