@@ -4,7 +4,10 @@ Computing the frozen lower layers is most of a run's work (the decoder's trunk t
 two cores), and the result depends only on the base's weights and the tokens read. Stores are
 saved under the cache folder (``~/.cache/refed/metric`` by default) as
 ``BASE-LAYERS-TASK.pt`` and reused by any later run, seed or setting that reads the same
-tokens; nodes a store lacks are computed and added.
+tokens; nodes a store lacks are computed and added. While a task is computed its stores are
+saved every ``save_every`` seconds as well, so a stopped run (Ctrl-C, a kill, the end of a
+session) keeps what it computed: the next run computes only the nodes still missing (with the
+ancestors their attention needs).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -72,6 +76,33 @@ class Progress:
             )
 
 
+def _save_stores(
+    stores: Mapping[int, Store], paths: Mapping[int, Path], metas: Mapping[int, dict[str, Any]]
+) -> None:
+    for n, store in stores.items():
+        store.save(paths[n], metas[n])
+
+
+class Saver:
+    """Passes progress on, and saves the stores when ``every`` seconds have passed since the
+    last save (called between batches, when every stored node is whole)."""
+
+    def __init__(
+        self,
+        progress: Callable[[int], None],
+        save: Callable[[], None] | None,
+        every: float,
+    ) -> None:
+        self.progress, self.save, self.every = progress, save, every
+        self.last = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.progress(n)
+        if self.save is not None and time.monotonic() - self.last >= self.every:
+            self.save()
+            self.last = time.monotonic()
+
+
 def trunk(
     base: Computes,
     inputs: Mapping[str, Inputs],
@@ -79,40 +110,39 @@ def trunk(
     *,
     cache_dir: Path | None,
     log: Callable[[str], None],
+    save_every: float = 600,
 ) -> dict[int, Features]:
     """For each depth ``n`` in ``depths``, the output of the lowest ``n`` layers for every
-    node of every task's inputs (loaded from the cache, the rest computed and saved)."""
+    node of every task's inputs (loaded from the cache, the rest computed and saved: at the
+    end of each task, and every ``save_every`` seconds while it is computed)."""
     wid = weights_id(base.folder)
     out: dict[int, Features] = {n: Features() for n in depths}
     for task, task_inputs in inputs.items():
         stores: dict[int, Store] = {}
         paths: dict[int, Path] = {}
+        metas: dict[int, dict[str, Any]] = {}
         for n in depths:
-            meta: dict[str, Any] = {"version": STORE_VERSION, "base": base.name, "weights": wid}
-            meta["layers"] = n
+            metas[n] = {"version": STORE_VERSION, "base": base.name, "weights": wid, "layers": n}
             path = (cache_dir or Path("/nonexistent")) / f"{base.name}-{n}of{base.layers}-{task}.pt"
-            loaded = Store.load(path, meta) if cache_dir is not None else None
+            loaded = Store.load(path, metas[n]) if cache_dir is not None else None
             stores[n] = loaded or Store(base.dim)
             paths[n] = path
+        save_all = partial(_save_stores, stores, paths, metas)
         missing = [k for k in task_inputs.nodes if any(k not in s for s in stores.values())]
         if missing:
             total = sum(len(task_inputs.nodes[k].ids) for k in missing)
             start = time.monotonic()
+            kept = "" if not len(stores[max(depths)]) else " (the rest from an earlier run)"
             log(
                 f"{base.name} {task}: computing the lowest {max(depths)} layers for "
-                f"{len(missing):,} segments ({total:,} tokens)"
+                f"{len(missing):,} segments ({total:,} tokens){kept}"
             )
-            base.compute(task_inputs, stores, progress=Progress(f"{base.name} {task}", total, log))
+            progress = Progress(f"{base.name} {task}", total, log)
+            saver = Saver(progress, save_all if cache_dir is not None else None, save_every)
+            base.compute(task_inputs, stores, progress=saver)
             log(f"{base.name} {task}: done in {time.monotonic() - start:.0f} s")
             if cache_dir is not None:
-                for n, store in stores.items():
-                    meta = {
-                        "version": STORE_VERSION,
-                        "base": base.name,
-                        "weights": wid,
-                        "layers": n,
-                    }
-                    store.save(paths[n], meta)
+                save_all()
         for n in depths:
             out[n].add_store(stores[n])
     return out

@@ -115,3 +115,48 @@ def test_stores_are_saved_and_reused(examples: list[Example], tmp_path: Path) ->
     more = base.inputs(examples + examples[:0])
     trunk(base, {"t": more}, [3], cache_dir=tmp_path, log=said.append)
     assert any("computing" in s for s in said)
+
+
+class _StopsAfterOneBatch:
+    """The encoder base, stopped (as by Ctrl-C) once its first small batch is done."""
+
+    def __init__(self, base: object) -> None:
+        self.base = base
+        self.name, self.folder = base.name, base.folder  # type: ignore[attr-defined]
+        self.dim, self.layers = base.dim, base.layers  # type: ignore[attr-defined]
+
+    def compute(self, inputs: object, stores: object, *, progress: object = None) -> None:
+        def stop(n: int) -> None:
+            progress(n)  # type: ignore[operator]
+            raise KeyboardInterrupt
+
+        self.base.compute(inputs, stores, batch_tokens=128, progress=stop)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_a_stopped_computation_keeps_what_it_computed(
+    examples: list[Example], tmp_path: Path
+) -> None:
+    need_base()
+    from metric.encoder import EncoderBase
+
+    base = EncoderBase(max_len=64)
+    inputs = base.inputs(examples)
+    with pytest.raises(KeyboardInterrupt):
+        trunk(
+            _StopsAfterOneBatch(base),  # type: ignore[arg-type]
+            {"t": inputs},
+            [5],
+            cache_dir=tmp_path,
+            log=lambda _: None,
+            save_every=0,
+        )
+    said: list[str] = []
+    resumed = trunk(base, {"t": inputs}, [5], cache_dir=tmp_path, log=said.append)
+    computing = next(s for s in said if "computing" in s)
+    assert "(the rest from an earlier run)" in computing
+    assert f"for {len(inputs.nodes) - 2:,} segments" in computing  # one batch of 2 was kept
+    fresh = trunk(base, {"t": inputs}, [5], cache_dir=None, log=lambda _: None)
+    for key in inputs.nodes:  # the same numbers, up to batching's rounding in float16
+        a, b = resumed[5].get(key).float(), fresh[5].get(key).float()
+        assert torch.allclose(a, b, atol=1e-2, rtol=1e-2)
