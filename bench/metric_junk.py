@@ -19,6 +19,7 @@ Results go to ``bench/results/metric_junk.json``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import time
@@ -63,20 +64,29 @@ def bars(items: list[Any], means: list[float]) -> dict[str, Any]:
 
 
 def with_checks(items: list[Any], means: list[float], relevance_min: float) -> dict[str, Any]:
-    """What Refed's filtering does with these items: an answer the validity checks flag
-    (``dataset.validity.answer_problem``: an ask-back, a restated request, a loop) or whose
-    similarity with its request is under ``relevance_min`` (``dataset.relevance``) is
-    rejected whatever the metric says; here its score becomes the scale's floor (1). The AUC
-    of that score, and the share of each kind the checks reject on their own."""
-    from dataset.embeddings import similarity
-    from dataset.validity import answer_problem
+    """What Refed's filtering does with these items: an answer the pipeline's screening
+    (``dataset.answers.screen_answer``: the validity checks, then the relevance floor
+    ``relevance_min``) rejects is rejected whatever the metric says; here its score becomes
+    the scale's floor (1). The AUC of that score, and the share of each kind the checks
+    reject on their own."""
+    from dataset.answers import screen_answer
     from metric.junk import auc
 
-    caught = [
-        answer_problem(it.response, it.instruction) is not None
-        or similarity(it.instruction, it.response) < relevance_min
-        for it in items
-    ]
+    async def screened() -> list[bool]:
+        out = []
+        for it in items:
+            s = await screen_answer(
+                it.response,
+                "stop",
+                it.instruction,
+                checks=True,
+                loop_rule="cut",
+                relevance_min=relevance_min,
+            )
+            out.append(s.problem is not None or s.error is not None)
+        return out
+
+    caught = asyncio.run(screened())
     gated = [1.0 if c else m for c, m in zip(caught, means, strict=True)]
     kinds = sorted({it.kind for it in items})
     return {

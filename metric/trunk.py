@@ -132,7 +132,7 @@ def trunk(
         if missing:
             total = sum(len(task_inputs.nodes[k].ids) for k in missing)
             start = time.monotonic()
-            kept = "" if not len(stores[max(depths)]) else " (the rest from an earlier run)"
+            kept = " (the rest from an earlier run)" if len(stores[max(depths)]) else ""
             log(
                 f"{base.name} {task}: computing the lowest {max(depths)} layers for "
                 f"{len(missing):,} segments ({total:,} tokens){kept}"
