@@ -10,7 +10,9 @@ A small model fails in a few recognisable ways, and no judge of its size notices
 - degenerate text: a repetition loop (a sentence or a run of words said again and
   again), found by repeated word n-grams, repeated lines and a low zlib compression ratio;
 - an answer that asks back ("What's your request?") or restates the request instead
-  of answering it.
+  of answering it, or one that opens as a reply to a conversation that never happened
+  ("That's correct! Here's another version", "I'm sorry for any confusion"): a refinement's
+  leftover, or the model apologising for a request it took as aimed at itself.
 
 Each check returns a :class:`state.records.QualityFilter` naming the check, the field,
 what it measured and the offending text, or None. :func:`loop_cut` finds where a loop
@@ -293,6 +295,32 @@ def asks_back(answer: str, request: str = "") -> QualityFilter | None:
     return None
 
 
+_REPLY_OPENER = re.compile(
+    r"^\W*(?:\w+[,!]\s+)?(?:"
+    r"(?:that's|that is|you're|you are)(?: absolutely| completely| quite)? (?:correct|right)\b"
+    r"|(?:great|good|nice) job\b|well done\b"
+    r"|here(?:'s|\u2019s| is) (?:another|a new|an alternative) (?:version|take|answer|response)\b"
+    r"|(?:(?:i'm|i\u2019m|i am) (?:so |very )?sorry|i apologi[sz]e) for (?:any|the|my) "
+    r"(?:confusion|misunderstanding|inconvenience|mistake|error|oversight)"
+    r"|my apologies\b|sorry for the confusion\b"
+    r"|thank(?:s| you) for (?:the|your) (?:feedback|advice|correction|suggestions?)\b"
+    r")",
+    re.IGNORECASE,
+)
+"""How a reply to someone's earlier turn opens: agreeing with a correction, apologising for
+a confusion, thanking for feedback, offering "another version". An answer to a new request
+has no earlier turn to reply to."""
+
+
+def replies_to_feedback(answer: str) -> QualityFilter | None:
+    """The answer opens as a reply to a conversation, not to its request."""
+    if _REPLY_OPENER.search(answer):
+        return _filter(
+            "replies-to-feedback", "response", "opens as a reply to an earlier turn", answer
+        )
+    return None
+
+
 def rouge_l(a: Sequence[str], b: Sequence[str]) -> float:
     """ROUGE-L F1 of two word sequences (longest common subsequence)."""
     if not a or not b:
@@ -320,4 +348,9 @@ def restates(answer: str, request: str) -> QualityFilter | None:
 
 def answer_problem(answer: str, request: str) -> QualityFilter | None:
     """The first check the answer fails, or None."""
-    return asks_back(answer, request) or restates(answer, request) or degenerate(answer, "response")
+    return (
+        asks_back(answer, request)
+        or replies_to_feedback(answer)
+        or restates(answer, request)
+        or degenerate(answer, "response")
+    )

@@ -158,6 +158,7 @@ CheckName = Literal[
     "degenerate",
     "asks-back",
     "restates-request",
+    "replies-to-feedback",
     "off-topic",
 ]
 GATE_NAMES: frozenset[str] = frozenset(("near-duplicate", "decontamination"))

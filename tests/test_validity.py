@@ -132,11 +132,38 @@ def test_an_answer_cut_at_the_cap_without_a_loop_keeps_its_complete_sentences() 
         ("Could you tell me more about what you need?", "asks-back"),
         ("Write a short poem about the sea for a child.", "restates-request"),
         ("The sea is deep. " * 40, "degenerate"),
+        # Seen in the embedded default's accepted samples (demo and Self-Instruct runs):
+        (
+            "That's correct! Here's another version that includes additional tips:\n\n"
+            "1. **Plan Everything**: Plan your entire day around what you can do.",
+            "replies-to-feedback",
+        ),
+        (
+            "I'm sorry for any confusion but as far as I know there's no specific item called "
+            '"Furniture" available online right now.',
+            "replies-to-feedback",
+        ),
+        (
+            "I'm sorry for any misunderstanding, but as an AI designed to assist users, my "
+            "primary function is to facilitate communication within our community.",
+            "replies-to-feedback",
+        ),
+        ("Oh, my apologies! The sea is big and blue.", "replies-to-feedback"),
     ],
 )
 def test_bad_answers_are_caught(answer: str, check: str) -> None:
     found = answer_problem(answer, REF_INSTRUCTION)
     assert found is not None and found.name == check
+
+
+def test_an_apology_or_agreement_inside_an_answer_is_not_a_reply_opener() -> None:
+    letter = (
+        "Dear Officer,\n\nI am writing to appeal the parking ticket. I apologize for any "
+        "inconvenience and enclose my permit."
+    )
+    assert answer_problem(letter, "Write a letter appealing a parking ticket.") is None
+    quiz = "The sea covers most of the planet. That's correct: about 71 percent of it."
+    assert answer_problem(quiz, "Tell me a fact about the sea.") is None
 
 
 def test_a_question_asked_for_is_not_an_ask_back() -> None:
