@@ -6,7 +6,9 @@ A small model fails in a few recognisable ways, and no judge of its size notices
 - an instruction that is not a new request: it copies the prompt's own wording (word
   n-grams shared with the rendered prompt but not with the reference's text), is the
   feature label it was asked about, is too short to be a request, opens like an answer
-  ("Here is ...", "I'm ready to help"), or is markup and symbols rather than words;
+  ("Here is ...", "I'm ready to help"), is markup and symbols rather than words, or asks
+  the assistant about its own life and tastes ("What are your hobbies?"), which a small
+  model answers by making up a person or apologising;
 - degenerate text: a repetition loop (a sentence or a run of words said again and
   again), found by repeated word n-grams, repeated lines and a low zlib compression ratio;
 - an answer that asks back ("What's your request?") or restates the request instead
@@ -165,6 +167,31 @@ def not_a_request(instruction: str) -> QualityFilter | None:
     return None
 
 
+_PERSONAL = re.compile(
+    r"\byour (?:own )?(?:favou?rite|hobb(?:y|ies)|personal|childhood|family|life|feelings?)\b"
+    r"|\b(?:are|were) you (?:looking|planning|hoping) (?:to|on)\b"
+    r"|\bdo you (?:plan|intend|hope) (?:on|to)\b",
+    re.IGNORECASE,
+)
+"""A question about the one asked: their favourite things, hobbies, life, plans."""
+
+
+def personal_question(instruction: str) -> QualityFilter | None:
+    """The request asks the assistant about itself (its hobbies, favourites, life or plans)
+    rather than for something done or explained. People write such requests now and then
+    (5 of 1,175 in LIMA and Self-Instruct); the embedded model wrote 8 of 52 in the demo and
+    the Self-Instruct run, and answered them with a made-up life or an apology."""
+    found = _PERSONAL.search(instruction)
+    if found is None:
+        return None
+    return _filter(
+        "personal-question",
+        "instruction",
+        f"asks the assistant about itself: {found[0]!r}",
+        instruction,
+    )
+
+
 _CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`", re.DOTALL)
 _MARKUP = re.compile(r"^[^\w\s\"'($¿¡]|[{}=]{2}|=\{|\w+(?:[-_]\w+){3,}")
 """Starts with a symbol, holds JSON-ish pairs, or joins words by dashes or underscores."""
@@ -182,6 +209,7 @@ def instruction_problem(
     return (
         not_a_request(instruction)
         or is_feature_label(instruction, feature)
+        or personal_question(instruction)
         or copies_prompt(instruction, prompt_text, reference_text)
         or degenerate(instruction, "instruction")
     )

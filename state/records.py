@@ -155,6 +155,7 @@ CheckName = Literal[
     "copies-prompt",
     "feature-label",
     "not-a-request",
+    "personal-question",
     "degenerate",
     "asks-back",
     "restates-request",

@@ -16,6 +16,7 @@ from dataset.validity import (
     instruction_problem,
     loop_cut,
     not_a_request,
+    personal_question,
 )
 
 REF_INSTRUCTION = "Write a short poem about the sea for a child."
@@ -50,6 +51,13 @@ SEEN_INSTRUCTIONS = [
     (",4>=AAUL,6OPT,2,*4.2CrossRefMUSTtab={", "not-a-request"),
     ("break-a-jar-lid-open-without-you-gras-on-the-ground", "not-a-request"),
     ("I'm here to help you with your creative endeavors. What's on your mind?", "not-a-request"),
+    # ... and in the demo and Self-Instruct runs of the `replies-to-feedback` check:
+    ("What are you looking to buy at the store that sells furniture?", "personal-question"),
+    ("What are your hobbies that you would not tell to anyone else?", "personal-question"),
+    (
+        "How do you plan on making money with a business that has no cash reserves?",
+        "personal-question",
+    ),
 ]
 
 
@@ -166,6 +174,15 @@ def test_an_apology_or_agreement_inside_an_answer_is_not_a_reply_opener() -> Non
     assert answer_problem(quiz, "Tell me a fact about the sea.") is None
 
 
+def test_a_request_about_the_reader_s_things_is_not_personal() -> None:
+    for request in (
+        "How do you plan a trip to Japan on a budget?",
+        "What are some fun ideas to make your home look amazing while you're on vacation?",
+        "Write a letter to your landlord asking for a repair.",
+    ):
+        assert personal_question(request) is None, request
+
+
 def test_a_question_asked_for_is_not_an_ask_back() -> None:
     assert answer_problem("What is the capital of France?", "Write a quiz question.") is None
 
@@ -208,7 +225,11 @@ def test_people_s_own_data_is_rarely_flagged(shared_data: Path) -> None:
     """LIMA and Self-Instruct, written by people: under 1 % of their requests and answers
     fail a check (the checks must not throw away good data)."""
     pairs = _real_pairs(shared_data)
-    bad_requests = [q for q, _ in pairs if not_a_request(q) or degenerate(q, "instruction")]
+    bad_requests = [
+        q
+        for q, _ in pairs
+        if not_a_request(q) or personal_question(q) or degenerate(q, "instruction")
+    ]
     bad_answers = [a for q, a in pairs if answer_problem(a, q)]
     assert len(pairs) > 1100
     assert len(bad_requests) / len(pairs) < 0.01, bad_requests[:5]
