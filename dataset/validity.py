@@ -168,19 +168,24 @@ def not_a_request(instruction: str) -> QualityFilter | None:
 
 
 _PERSONAL = re.compile(
-    r"\byour (?:own )?(?:favou?rite|hobb(?:y|ies)|personal|childhood|family|life|feelings?)\b"
+    r"\bwhat(?:'s| is| are| was| were) your (?:own )?(?:favou?rite|hobb(?:y|ies))\b"
+    r"|\byour (?:own )?(?:hobb(?:y|ies)|childhood|personal life)\b"
+    r"|\byour own life\b"
     r"|\b(?:are|were) you (?:looking|planning|hoping) (?:to|on)\b"
-    r"|\bdo you (?:plan|intend|hope) (?:on|to)\b",
+    r"|\bdo you (?:plan|intend|hope) (?:on|to)\b"
+    r"|\bwhat do you think (?:about|of) (?:yourself|your own)\b",
     re.IGNORECASE,
 )
-"""A question about the one asked: their favourite things, hobbies, life, plans."""
+"""A question about the one asked: their favourite things, hobbies, own life, plans. Not
+"your favourite dish" or "your life" alone: in a request those are mostly the reader's."""
 
 
 def personal_question(instruction: str) -> QualityFilter | None:
     """The request asks the assistant about itself (its hobbies, favourites, life or plans)
     rather than for something done or explained. People write such requests now and then
-    (5 of 1,175 in LIMA and Self-Instruct); the embedded model wrote 8 of 52 in the demo and
-    the Self-Instruct run, and answered them with a made-up life or an apology."""
+    (1 of 1,175 in LIMA and Self-Instruct); the embedded model wrote 7 of 63 distinct ones
+    in a demo and a Self-Instruct run, and answered them with a made-up life or an
+    apology."""
     found = _PERSONAL.search(instruction)
     if found is None:
         return None

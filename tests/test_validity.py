@@ -179,6 +179,8 @@ def test_a_request_about_the_reader_s_things_is_not_personal() -> None:
         "How do you plan a trip to Japan on a budget?",
         "What are some fun ideas to make your home look amazing while you're on vacation?",
         "Write a letter to your landlord asking for a repair.",
+        "What are some ways to make your favorite dish more affordable?",
+        "What if you could spend your life never sleeping?",
     ):
         assert personal_question(request) is None, request
 
