@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dataset.relevance import off_topic
-from dataset.validity import answer_problem, cut_answer
+from dataset.validity import answer_problem, cut_answer, replies_to_feedback
 from state.records import QualityFilter
 
 
@@ -28,11 +28,12 @@ class Screened:
 _REVISION_NOTE = re.compile(
     r"^[^\n]{0,60}?\bhere(?:'s|\u2019s| is| are)\b[^\n]{0,40}?"
     r"\b(?:revised|improved|updated|rewritten|refined|edited|better|new|more detailed|expanded"
-    r"|clearer|polished)\b[^\n]{0,80}?:[ \t]*\n+",
+    r"|clearer|polished|alternative|another)\b[^\n]{0,80}?:[ \t]*\n+",
     re.IGNORECASE,
 )
 """A first line that announces a rewrite ("Here's a revised version of the advice:",
-"Great! Here is a more detailed response:")."""
+"Great! Here is a more detailed response:", "To address the question more accurately, here's
+an alternative response:")."""
 
 
 def without_revision_note(text: str) -> str:
@@ -52,10 +53,15 @@ async def screen_answer(
 ) -> Screened:
     """The answer as the judge will see it, or why it will not be judged. A refinement
     (``before``: the answer it rewrote) loses a first line that only announces the rewrite,
-    and with the relevance check must not drift further from the request than that answer."""
+    unless that line replies to the feedback ("That's correct! Here's another version:"),
+    which fails it; with the relevance check it must not drift further from the request than
+    that answer."""
     cut: Literal["loop", "cap"] | None = None
     if before is not None:
+        leftover = replies_to_feedback(text) if checks else None
         text = without_revision_note(text)
+        if leftover is not None:
+            return Screened(text, problem=leftover)
     if finish_reason == "length":
         kept = cut_answer(text) if loop_rule == "cut" else None
         if kept is None:

@@ -211,6 +211,25 @@ def test_a_refinement_loses_the_line_announcing_it() -> None:
     assert without_revision_note(seen) == "Plan early."
     kept = "Sure! Here are some tips:\n1. Start early."
     assert without_revision_note(kept) == kept
+    seen = (
+        "To address the question more accurately, here\u2019s an alternative response:\n\n"
+        "When asked to design a flyswatter, I would suggest a mesh."
+    )
+    assert without_revision_note(seen).startswith("When asked")
+
+
+async def test_a_refinement_that_replies_to_its_feedback_fails_even_as_a_note() -> None:
+    refined = "That's correct! Here's another version that includes tips:\n\n1. Plan early."
+    seen = await screen_answer(
+        refined,
+        "stop",
+        "How do I plan a wedding?",
+        checks=True,
+        loop_rule="cut",
+        relevance_min=None,
+        before="Start with a list of guests.",
+    )
+    assert seen.problem is not None and seen.problem.name == "replies-to-feedback"
 
 
 def _real_pairs(shared: Path) -> list[tuple[str, str]]:
