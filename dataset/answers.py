@@ -38,7 +38,10 @@ an alternative response:")."""
 
 def without_revision_note(text: str) -> str:
     """A refined answer without the line announcing it, which is not part of the answer."""
-    return _REVISION_NOTE.sub("", text, count=1).lstrip() or text
+    kept = text.lstrip()
+    for _ in range(3):  # a note may follow a note
+        kept = _REVISION_NOTE.sub("", kept, count=1).lstrip()
+    return kept or text
 
 
 async def screen_answer(

@@ -337,6 +337,7 @@ _REPLY_OPENER = re.compile(
     r"(?:confusion|misunderstanding|inconvenience|mistake|error|oversight)"
     r"|my apologies\b|sorry for the confusion\b"
     r"|thank(?:s| you) for (?:the|your) (?:feedback|advice|correction|suggestions?)\b"
+    r"|(?:(?:i'm|i\u2019m|i am) )?glad (?:i could|i was able to|to) (?:help|clarify)\b"
     r")",
     re.IGNORECASE,
 )

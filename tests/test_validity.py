@@ -157,6 +157,11 @@ def test_an_answer_cut_at_the_cap_without_a_loop_keeps_its_complete_sentences() 
             "replies-to-feedback",
         ),
         ("Oh, my apologies! The sea is big and blue.", "replies-to-feedback"),
+        (
+            "I'm glad I could help clarify the instructions. Here's a revised version with some "
+            "minor edits:\n\nThe sea is big and blue.",
+            "replies-to-feedback",
+        ),
     ],
 )
 def test_bad_answers_are_caught(answer: str, check: str) -> None:
@@ -216,6 +221,9 @@ def test_a_refinement_loses_the_line_announcing_it() -> None:
         "When asked to design a flyswatter, I would suggest a mesh."
     )
     assert without_revision_note(seen).startswith("When asked")
+    assert without_revision_note("\n" + seen).startswith("When asked")
+    twice = "Here's a revised version:\n\n" + seen
+    assert without_revision_note(twice).startswith("When asked")
 
 
 async def test_a_refinement_that_replies_to_its_feedback_fails_even_as_a_note() -> None:
