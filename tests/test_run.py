@@ -21,7 +21,7 @@ from .conftest import REPO, FakeServerProc
 EXAMPLES = REPO / "examples" / "seeds.jsonl"
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "graph.run", *args],
         cwd=REPO,
