@@ -81,6 +81,8 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
         "metric",
         "run",
         "--quick",
+        "--bases",
+        "minilm",  # the quicker base on CI; the SmolLM2 base: tests/test_metric_bases.py
         "--tasks",
         "data2text,preference",
         "--threads",
