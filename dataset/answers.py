@@ -26,22 +26,19 @@ class Screened:
 
 
 _REVISION_NOTE = re.compile(
-    r"^[^\n]{0,60}?\bhere(?:'s|\u2019s| is| are)\b[^\n]{0,40}?"
+    r"^(?:[^\n]{0,60}?\bhere(?:'s|\u2019s| is| are)\b[^\n]{0,40}?"
     r"\b(?:revised|improved|updated|rewritten|refined|edited|better|new|more detailed|expanded"
-    r"|clearer|polished|alternative|another)\b[^\n]{0,80}?:[ \t]*\n+",
+    r"|clearer|polished|alternative|another)\b[^\n]{0,80}?:\s*\n\s*){1,3}",
     re.IGNORECASE,
 )
-"""A first line that announces a rewrite ("Here's a revised version of the advice:",
-"Great! Here is a more detailed response:", "To address the question more accurately, here's
-an alternative response:")."""
+"""The first lines that announce a rewrite, up to three as a note may follow a note ("Here's a
+revised version of the advice:", "Great! Here is a more detailed response:", "To address the
+question more accurately, here's an alternative response:")."""
 
 
 def without_revision_note(text: str) -> str:
     """A refined answer without the line announcing it, which is not part of the answer."""
-    kept = text.lstrip()
-    for _ in range(3):  # a note may follow a note
-        kept = _REVISION_NOTE.sub("", kept, count=1).lstrip()
-    return kept or text
+    return _REVISION_NOTE.sub("", text.lstrip(), count=1) or text
 
 
 async def screen_answer(
